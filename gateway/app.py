@@ -1,0 +1,111 @@
+"""Composition root: builds registry, router, data plane, metrics and both fronts, and runs them.
+
+Nothing else constructs these; everything is passed down through constructors.
+``serve`` is the process entry point: uvloop (or asyncio), signal handling and graceful
+shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.dataplane import DataPlane
+from gateway.front.http import HttpFront
+from gateway.metrics import make_metrics_registry
+from gateway.registry import ModelRegistry
+from gateway.route import Router
+from gateway.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class App:
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if settings.demo and not settings.model_repository:
+            from gateway.demo import build_demo_repository
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
+            self.repository = build_demo_repository(Path(self._tmp.name))
+        else:
+            self.repository = Path(settings.model_repository)
+        self.registry = ModelRegistry(self.repository)
+        self.router = Router(self.registry)
+        self.dataplane = DataPlane(self.registry, self.router)
+        self.metrics = make_metrics_registry(self.registry)
+        self.http = HttpFront(self.dataplane, settings, self.metrics)
+        self.grpc: Any = None
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port
+
+    @property
+    def grpc_port(self) -> int:
+        return self.grpc.port if self.grpc is not None else -1
+
+    async def start(self) -> None:
+        await self.registry.load_all()
+        await self.http.start()
+        if self.settings.grpc_port >= 0:
+            from gateway.front.grpc_server import start_grpc_front
+
+            self.grpc = await start_grpc_front(self.dataplane, self.settings)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if self.grpc is not None:
+            await asyncio.gather(self.http.stop(grace), self.grpc.stop(grace))
+        else:
+            await self.http.stop(grace)
+        await self.registry.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+async def _main(settings: ServerSettings) -> int:
+    app = App(settings)
+    await app.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    models = ", ".join(f"{m.name}:{m.version}" for m in app.registry.versions()) or "none"
+    print(f"gateway ready: HTTP on {settings.host}:{app.http_port}"
+          + (f", gRPC on {settings.host}:{app.grpc_port}" if app.grpc else "")
+          + f"; models {models}", flush=True)
+    if settings.demo:
+        print(f"try: curl -s -X POST http://{settings.host}:{app.http_port}/v2/models/add_sub/infer "
+              "-H 'Content-Type: application/json' -d '{\"inputs\":["
+              "{\"name\":\"INPUT0\",\"datatype\":\"FP32\",\"shape\":[1,16],\"data\":[" + ",".join(["1"] * 16) + "]},"
+              "{\"name\":\"INPUT1\",\"datatype\":\"FP32\",\"shape\":[1,16],\"data\":[" + ",".join(["2"] * 16) + "]}]}'",
+              flush=True)
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %.0f s)", settings.shutdown_grace_s)
+    await app.stop()
+    return 0
+
+
+def serve(settings: ServerSettings) -> int:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop = new_event_loop(settings.loop)
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_main(settings))
+    finally:
+        loop.close()

@@ -1,0 +1,262 @@
+"""Dynamic batcher for one model version: the async driver around ``BatchQueue``.
+
+Invariants:
+- ``done`` is called exactly once per request that was not cancelled, on the loop thread;
+  a cancelled request is never computed (if still queued) and never called back.
+- At most ``backend.capacity`` batches are in flight; inline backends run one at a time.
+- Sub-millisecond delays are honoured by re-checking the clock on every loop pass
+  (``call_soon``): uvloop's timers have millisecond resolution. Longer waits use a timer that
+  fires ~1 ms early and then poll.
+- Every output of a batch must have as many rows as went in, or the whole batch fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+
+from gateway._native.pack import pack_rows, scatter_rows
+from gateway.backends.base import Backend, Outputs
+from gateway.batch_queue import INF, BatchQueue, Pending
+from gateway.errors import Code, GatewayError
+from gateway.model_config import ModelConfig
+from gateway.stats import ModelStats
+from gateway.types import InferRequest, InferResponse
+from gateway.validate import Signature, bucket_key, check_request
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[InferResponse | None, GatewayError | None], None]
+Ticket = Pending  # what submit returns: ``.cancel()``
+
+
+class SplitGroup:
+    """A request larger than max_batch_size, run as several chunks and reassembled in order."""
+
+    __slots__ = ("request", "done", "parts", "results", "remaining", "failed")
+
+    def __init__(self, request: InferRequest, done: Done, n: int) -> None:
+        self.request = request
+        self.done = done
+        self.parts: list[Pending] = []
+        self.results: list[dict[str, np.ndarray] | None] = [None] * n
+        self.remaining = n
+        self.failed = False
+
+    def cancel(self) -> None:
+        for p in self.parts:
+            p.cancel()
+
+    def part_done(self, index: int, outputs: dict[str, np.ndarray] | None, err: GatewayError | None,
+                  make_response: Callable[[InferRequest, dict[str, np.ndarray]], InferResponse]) -> None:
+        if self.failed:
+            return
+        if err is not None:
+            self.failed = True
+            self.cancel()
+            self.done(None, err)
+            return
+        self.results[index] = outputs
+        self.remaining -= 1
+        if self.remaining == 0:
+            names = self.results[0].keys()  # type: ignore[union-attr]
+            merged = {n: np.concatenate([r[n] for r in self.results]) for n in names}  # type: ignore[index]
+            self.done(make_response(self.request, merged), None)
+
+
+class Batcher:
+    def __init__(self, name: str, version: str, config: ModelConfig, backend: Backend, signature: Signature,
+                 stats: ModelStats, clock: Callable[[], float] = time.perf_counter,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.backend = backend
+        self.sig = signature
+        self.stats = stats
+        self.clock = clock
+        self._loop = loop
+        self.queue = BatchQueue(config.max_batch_size, config.max_queue_delay_us / 1e6,
+                                config.preferred_batch_sizes, config.max_queue_size,
+                                config.release_on_deadline)
+        self.in_flight = 0
+        self.compute_estimate_s = 0.0
+        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._accepting = True
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._all_outputs = signature.output_names
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # ---- intake ----------------------------------------------------------------------------
+    def submit(self, request: InferRequest, done: Done) -> Ticket | SplitGroup:
+        if not self._accepting:
+            raise GatewayError(Code.UNAVAILABLE, f"model '{self.name}' version {self.version} is unloading")
+        rows = check_request(self.sig, request)
+        q = self.queue
+        if not q.has_room(rows):
+            self.stats.record_failures(Code.RESOURCE_EXHAUSTED.name, 1)
+            raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                               f"model '{self.name}' queue is full ({q.max_queue_rows} rows queued at most)",
+                               retry_after_s=1)
+        now = self.clock()
+        timeout_us = request.timeout_us or self.config.timeout_us
+        deadline = now + timeout_us * 1e-6 if timeout_us > 0 else INF
+        key = bucket_key(self.sig, request)
+        mbs = self.config.max_batch_size
+        ticket: Ticket | SplitGroup
+        if mbs and rows > mbs:
+            n = -(-rows // mbs)
+            group = SplitGroup(request, done, n)
+            for i in range(n):
+                chunk = {k: v[i * mbs:(i + 1) * mbs] for k, v in request.inputs.items()}
+                p = Pending(request, chunk, min(mbs, rows - i * mbs), now, deadline, None, key)
+                p.group, p.index = group, i
+                group.parts.append(p)
+                q.add(p)
+            ticket = group
+        else:
+            ticket = Pending(request, request.inputs, rows, now, deadline, done, key)
+            q.add(ticket)
+        self.stats.queue_rows = q.rows
+        if self._handle is None and self.in_flight < self.backend.capacity:
+            self._handle = self.loop.call_soon(self._flush)
+        return ticket
+
+    # ---- the driver ------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._handle = None
+        q = self.queue
+        now = self.clock()
+        for p in q.expire(now):
+            self._fail_one(p, GatewayError(Code.DEADLINE_EXCEEDED,
+                                           f"deadline exceeded while queued for model '{self.name}'"), now)
+        while self.in_flight < self.backend.capacity:
+            nb = q.next_batch(now, self.compute_estimate_s)
+            if nb is None:
+                break
+            items, reason = nb
+            self.stats.release[reason] += 1
+            self._dispatch(items, now)
+            now = self.clock()
+        self.stats.queue_rows = q.rows
+        if self.in_flight < self.backend.capacity:
+            wake = q.wake_at(now, self.compute_estimate_s)
+            if wake is not None and self._handle is None:
+                delta = wake - now
+                if delta > 0.002:
+                    self._handle = self.loop.call_later(delta - 0.001, self._flush)
+                else:
+                    self._handle = self.loop.call_soon(self._flush)
+        if not q.rows and not self.in_flight and self._idle_waiters:
+            for w in self._idle_waiters:
+                if not w.done():
+                    w.set_result(None)
+            self._idle_waiters.clear()
+
+    def _dispatch(self, items: list[Pending], now: float) -> None:
+        t0 = self.clock()
+        if len(items) == 1:
+            feeds = items[0].inputs
+        else:
+            feeds = {}
+            for name, first in items[0].inputs.items():
+                rows = sum(p.rows for p in items)
+                out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+                pack_rows([p.inputs[name] for p in items], out)
+                feeds[name] = out
+        t1 = self.clock()
+        if self.backend.inline:
+            try:
+                outputs: Outputs | None = self.backend.run_inline(feeds)
+                err: GatewayError | None = None
+            except GatewayError as exc:
+                outputs, err = None, exc
+            self._complete(items, outputs, err, t0, t1)
+        else:
+            self.in_flight += 1
+            self.backend.run_async(feeds, partial(self._async_done, items, t0, t1))
+
+    def _async_done(self, items: list[Pending], t0: float, t1: float, outputs: Outputs | None,
+                    err: BaseException | None) -> None:
+        self.in_flight -= 1
+        if err is not None and not isinstance(err, GatewayError):
+            err = GatewayError(Code.INTERNAL, f"model '{self.name}' failed: {err}")
+        self._complete(items, outputs, err, t0, t1)  # type: ignore[arg-type]
+        if self._handle is None:
+            self._handle = self.loop.call_soon(self._flush)
+
+    def _complete(self, items: list[Pending], outputs: Outputs | None, err: GatewayError | None,
+                  t0: float, t1: float) -> None:
+        t2 = self.clock()
+        rows = sum(p.rows for p in items) if len(items) > 1 else items[0].rows
+        if err is None and outputs is not None and self.sig.batching:
+            for name, arr in outputs.items():
+                if arr.ndim == 0 or arr.shape[0] != rows:
+                    err = GatewayError(
+                        Code.INTERNAL,
+                        f"model '{self.name}' returned {arr.shape[0] if arr.ndim else 0} rows for output "
+                        f"'{name}' from a batch of {rows} rows; the batch was failed",
+                    )
+                    break
+        self.compute_estimate_s = 0.8 * self.compute_estimate_s + 0.2 * (t2 - t1)
+        if err is not None:
+            log.debug("batch of %d failed: %s", len(items), err)
+            for p in items:
+                self._fail_one(p, err, t2)
+            return
+        assert outputs is not None
+        if len(items) == 1:
+            per_item = [outputs]
+        else:
+            counts = [p.rows for p in items]
+            views = {name: scatter_rows(arr, counts) for name, arr in outputs.items()}
+            per_item = [{name: v[i] for name, v in views.items()} for i in range(len(items))]
+        t3 = self.clock()
+        make = self._response
+        for p, outs in zip(items, per_item, strict=True):
+            if p.cancelled:
+                continue
+            if p.group is not None:
+                p.group.part_done(p.index, outs, None, make)
+            else:
+                p.done(make(p.request, outs), None)  # type: ignore[misc]
+        t4 = self.clock()
+        arrivals = np.fromiter((p.arrival for p in items), dtype=np.float64, count=len(items))
+        self.stats.record_batch(len(items), rows, t0 - arrivals, t4 - arrivals, t1 - t0, t2 - t1, t3 - t2)
+
+    def _response(self, request: InferRequest, outs: dict[str, np.ndarray]) -> InferResponse:
+        wanted = request.outputs
+        if wanted is not None:
+            outs = {n: outs[n] for n in wanted}
+        return InferResponse(self.name, self.version, outs, request.id)
+
+    def _fail_one(self, p: Pending, err: GatewayError, now: float) -> None:
+        self.stats.record_failures(err.code.name, 1, int((now - p.arrival) * 1e9))
+        if p.cancelled:
+            return
+        if p.group is not None:
+            p.group.part_done(p.index, None, err, self._response)
+        else:
+            p.done(None, err)  # type: ignore[misc]
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Stop accepting; wait until nothing is queued or in flight."""
+        self._accepting = False
+        if not self.queue.rows and not self.in_flight:
+            return
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(fut)
+        if self._handle is None:
+            self._handle = self.loop.call_soon(self._flush)
+        await fut

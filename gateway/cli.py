@@ -1,0 +1,57 @@
+"""The ``gateway`` command: ``serve`` (the server) and ``loadtest`` (the load generator)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway import __version__
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a model repository over HTTP and gRPC",
+                       description="Serve a model repository (Triton layout) over KServe v2 HTTP and gRPC. "
+                       "Settings: --config FILE (TOML), then GATEWAY_* environment variables, then flags.")
+    p.add_argument("--model-repository", help="directory: <repo>/<model>/<version>/model.onnx")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="build and serve a demo repository generated in code (no files, no network)")
+    p.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any free port)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free port; -1 = off)")
+    p.add_argument("--config", help="server settings file (TOML)")
+    p.add_argument("--max-body-bytes", type=int, help="largest HTTP body accepted (413 past it)")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
+    p.add_argument("--log-level", help="logging level (default INFO)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "loadtest":
+        from gateway.loadtest.cli import main as loadtest_main
+
+        return loadtest_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="gateway", description="KServe v2 inference gateway")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    sub.add_parser("loadtest", help="load-test any KServe v2 server (see `gateway loadtest --help`)")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from gateway.app import serve
+        from gateway.settings import ServerSettings
+
+        overrides = {
+            "model_repository": args.model_repository, "demo": args.demo, "host": args.host,
+            "http_port": args.http_port, "grpc_port": args.grpc_port, "max_body_bytes": args.max_body_bytes,
+            "loop": args.loop, "log_level": args.log_level,
+        }
+        try:
+            settings = ServerSettings.load(args.config, overrides=overrides)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
+        return serve(settings)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The protocol-neutral data plane: what both front ends (HTTP, gRPC) and the embedded API call.
+
+Front ends decode their wire format into ``gateway.types.InferRequest`` and hand it to
+``submit`` (callback style: the HTTP hot path allocates no future or task per request) or
+``infer`` (awaitable, for gRPC and embedded use). Everything the fronts may show a client
+(metadata, config, statistics, repository index) comes from here as plain dicts in the
+KServe v2 / Triton JSON shapes, which the gRPC front converts to protobuf.
+
+Errors are ``GatewayError`` with a neutral ``Code``; the fronts map them through
+``gateway.errors``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from gateway import __version__
+from gateway.batcher import Ticket
+from gateway.errors import Code, GatewayError, not_found
+from gateway.registry import ModelRegistry, ModelVersion
+from gateway.route import Router
+from gateway.types import InferRequest, InferResponse
+
+DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]
+
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "schedule_policy",
+    "model_configuration",
+    "system_shared_memory",
+    "cuda_shared_memory",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+]
+# Extensions we actually serve (shared memory is answered UNIMPLEMENTED, so not listed).
+SERVED_EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "parameters"]
+
+
+class DataPlane:
+    """Facade over registry + router + batchers. Owns no I/O of its own."""
+
+    def __init__(self, registry: ModelRegistry, router: Router, server_name: str = "inference-gateway") -> None:
+        self.registry = registry
+        self.router = router
+        self.server_name = server_name
+        self._metadata = {"name": server_name, "version": __version__, "extensions": SERVED_EXTENSIONS}
+
+    # ---- health and metadata -------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.registry.all_ready()
+
+    def server_metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            return self.registry.get(name, version).ready
+        except GatewayError:
+            return False
+
+    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
+        mv = self.registry.get(name, version, require_ready=False)
+        return mv.metadata(self.registry.version_labels(name))
+
+    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
+        return self.registry.get(name, version, require_ready=False).triton_config()
+
+    def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+        """Triton statistics extension: {"model_stats": [...]} for one model/version or all."""
+        stats = []
+        for mv in self.registry.versions(name, version):
+            stats.append(mv.stats.snapshot().to_json(mv.name, mv.version))
+        if name and not stats:
+            raise not_found(f"unknown model '{name}'" + (f" version '{version}'" if version else ""))
+        return {"model_stats": stats}
+
+    # ---- inference -----------------------------------------------------------------------
+    def resolve(self, request: InferRequest) -> ModelVersion:
+        return self.router.resolve(request)
+
+    def submit(self, request: InferRequest, done: DoneCallback) -> Ticket:
+        """Queue a request; ``done`` is called exactly once, on the loop thread, unless cancelled.
+
+        Validation errors raise ``GatewayError`` synchronously (nothing queued). Calling
+        ``ticket.cancel()`` before the batch runs drops the request and ``done`` is never called.
+        """
+        mv = self.router.resolve(request)
+        return mv.batcher.submit(request, done)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[InferResponse] = loop.create_future()
+
+        def done(resp: InferResponse | None, err: GatewayError | None) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(resp)  # type: ignore[arg-type]
+
+        ticket = self.submit(request, done)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+
+    # ---- repository ----------------------------------------------------------------------
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        return self.registry.index(ready_only)
+
+    async def load_model(self, name: str) -> None:
+        await self.registry.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.registry.unload(name)
+
+    def unavailable(self, message: str) -> GatewayError:
+        return GatewayError(Code.UNAVAILABLE, message)

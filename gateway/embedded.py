@@ -1,0 +1,56 @@
+"""In-process use of the same pipeline (repository, router, batcher, backend), without sockets.
+
+    async with Gateway.from_repository("models/") as gw:
+        outputs = await gw.infer("mlp", {"INPUT0": x})
+
+Concurrent ``infer`` calls are batched exactly as network requests are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from gateway.dataplane import DataPlane
+from gateway.registry import ModelRegistry
+from gateway.route import Router
+from gateway.types import InferRequest
+
+
+class Gateway:
+    def __init__(self, repository: str | Path) -> None:
+        self.registry = ModelRegistry(Path(repository))
+        self.dataplane = DataPlane(self.registry, Router(self.registry))
+
+    @classmethod
+    def from_repository(cls, repository: str | Path) -> Gateway:
+        return cls(repository)
+
+    async def __aenter__(self) -> Gateway:
+        await self.registry.load_all()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.registry.close()
+
+    async def infer(self, model: str, inputs: Mapping[str, Any], *, version: str = "",
+                    outputs: Sequence[str] | None = None, timeout_us: int = 0) -> dict[str, np.ndarray]:
+        """Run one request; arrays are converted to the model's declared dtypes."""
+        mv = self.registry.get(model, version)
+        specs = {s.name: s for s in mv.signature.inputs}
+        arrays = {}
+        for name, value in inputs.items():
+            spec = specs.get(name)
+            arrays[name] = np.asarray(value, dtype=spec.dtype) if spec is not None else np.asarray(value)
+        req = InferRequest(model, version, arrays, list(outputs) if outputs is not None else None,
+                           timeout_us=timeout_us)
+        resp = await self.dataplane.infer(req)
+        return resp.outputs
+
+    def models(self) -> list[dict[str, Any]]:
+        return self.dataplane.repository_index()

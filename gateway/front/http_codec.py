@@ -1,0 +1,200 @@
+"""KServe v2 REST bodies <-> core types: JSON tensors and the binary tensor extension.
+
+Decode keeps binary tensors as zero-copy numpy views over the request body; JSON number
+arrays go straight into typed buffers through the native ``list_to_array`` (no numpy type
+discovery). Encode serialises numpy outputs with orjson's native numpy support.
+Every malformed body raises ``GatewayError(INVALID_ARGUMENT)`` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
+from gateway._native.jsonnum import list_to_array
+from gateway.errors import invalid
+from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
+
+
+def decode_infer(body: bytes, header_length: int, model: str, version: str) -> InferRequest:
+    """Parse an infer request body. ``header_length`` < 0: all JSON; else the binary extension."""
+    if header_length >= 0:
+        if header_length > len(body):
+            raise invalid(f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)")
+        head = body[:header_length]
+    else:
+        head = body
+        header_length = len(body)
+    try:
+        obj = _loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(obj, dict):
+        raise invalid("request body must be a JSON object")
+    inputs = obj.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise invalid("request must have a non-empty 'inputs' list")
+    offset = header_length
+    tensors: dict[str, np.ndarray] = {}
+    for i, inp in enumerate(inputs):
+        if not isinstance(inp, dict):
+            raise invalid(f"inputs[{i}] must be an object")
+        arr, offset = _decode_input(inp, i, body, offset)
+        name = inp["name"]
+        if name in tensors:
+            raise invalid(f"input '{name}' appears twice")
+        tensors[name] = arr
+    if offset != len(body):
+        raise invalid(f"request body has {len(body) - offset} bytes of binary data no input claims")
+    req = InferRequest(model, version, tensors)
+    rid = obj.get("id")
+    if rid is not None:
+        if not isinstance(rid, str):
+            raise invalid("'id' must be a string")
+        req.id = rid
+    params = obj.get("parameters")
+    binary_all = False
+    if params is not None:
+        if not isinstance(params, dict):
+            raise invalid("'parameters' must be an object")
+        req.parameters = params
+        binary_all = params.get("binary_data_output") is True
+        t = params.get("timeout")
+        if t is not None:
+            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+                raise invalid(f"parameter 'timeout' must be a non-negative integer (microseconds), got {t!r}")
+            req.timeout_us = t
+    outputs = obj.get("outputs")
+    if outputs is not None:
+        _decode_outputs(req, outputs, binary_all)
+    elif binary_all:
+        req.binary_outputs = frozenset(["*"])
+    return req
+
+
+def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int) -> tuple[np.ndarray, int]:
+    name = inp.get("name")
+    if not isinstance(name, str):
+        raise invalid(f"inputs[{i}] needs a string 'name'")
+    datatype = inp.get("datatype")
+    dtype = DATATYPE_TO_NUMPY.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise invalid(f"input '{name}' has unknown datatype {datatype!r}")
+    shape = inp.get("shape")
+    if (not isinstance(shape, list)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise invalid(f"input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
+    count = prod(shape)
+    params = inp.get("parameters")
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + size > len(body):
+            raise invalid(f"input '{name}': binary_data_size {size} runs past the end of the body")
+        if datatype == "BYTES":
+            try:
+                arr = decode_bytes_tensor(memoryview(body)[offset:offset + size], count)
+            except ValueError as exc:
+                raise invalid(f"input '{name}': {exc}") from None
+        else:
+            if size != count * dtype.itemsize:
+                raise invalid(f"input '{name}': binary_data_size {size} does not match shape {shape} "
+                              f"of {datatype} ({count * dtype.itemsize} bytes)")
+            arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+        return arr.reshape(shape), offset + size
+    if "data" not in inp:
+        raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+    data = inp["data"]
+    if datatype == "BYTES":
+        arr = _bytes_from_json(name, data, count)
+    else:
+        try:
+            arr = list_to_array(data, datatype, count)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise invalid(f"input '{name}': {exc}") from None
+    return arr.reshape(shape), offset
+
+
+def _bytes_from_json(name: str, data: Any, count: int) -> np.ndarray:
+    flat: list[bytes] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, list):
+            for y in x:
+                walk(y)
+        elif isinstance(x, str):
+            flat.append(x.encode("utf-8"))
+        else:
+            raise invalid(f"input '{name}': BYTES data must be strings, got {type(x).__name__}")
+
+    walk(data)
+    if len(flat) != count:
+        raise invalid(f"input '{name}' has {len(flat)} elements but its shape implies {count}")
+    arr = np.empty(count, dtype=object)
+    arr[:] = flat
+    return arr
+
+
+def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool) -> None:
+    if not isinstance(outputs, list):
+        raise invalid("'outputs' must be a list")
+    names: list[str] = []
+    binary: set[str] = set()
+    for j, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise invalid(f"outputs[{j}] needs a string 'name'")
+        name = out["name"]
+        names.append(name)
+        p = out.get("parameters")
+        if isinstance(p, dict):
+            if p.get("classification"):
+                raise invalid(f"output '{name}': the classification extension is not supported")
+            flag = p.get("binary_data")
+            if flag is True or (flag is None and binary_all):
+                binary.add(name)
+        elif binary_all:
+            binary.add(name)
+    req.outputs = names
+    if binary:
+        req.binary_outputs = frozenset(binary)
+
+
+def encode_infer(resp: InferResponse, binary: frozenset[str] | None) -> tuple[bytes, int]:
+    """Serialise a response; returns (body, json header length or -1 when all JSON)."""
+    outputs = []
+    chunks: list[bytes] = []
+    every = binary is not None and "*" in binary
+    for name, arr in resp.outputs.items():
+        datatype = numpy_to_datatype(arr.dtype)
+        if binary is not None and (every or name in binary):
+            raw = encode_bytes_tensor(arr) if datatype == "BYTES" else arr.tobytes()
+            chunks.append(raw)
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape,
+                            "parameters": {"binary_data_size": len(raw)}})
+        elif datatype == "BYTES":
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape,
+                            "data": [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                                     for x in arr.reshape(-1)]})
+        else:
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "data": arr.reshape(-1)})
+    doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
+    if resp.id:
+        doc["id"] = resp.id
+    doc["outputs"] = outputs
+    head = _dumps(doc, option=_NUMPY_OPT)
+    if not chunks:
+        return head, -1
+    return b"".join([head, *chunks]), len(head)
+
+
+def dumps(obj: Any) -> bytes:
+    return _dumps(obj, option=_NUMPY_OPT)

@@ -1,0 +1,97 @@
+"""The non-inference REST routes: health, metadata, config, statistics, repository.
+
+Kept apart from the connection code so that the hot path module stays about bytes and order.
+Each route returns (status, JSON-able document or None) and raises GatewayError on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from gateway.dataplane import DataPlane
+from gateway.errors import Code, GatewayError, invalid
+
+Doc = tuple[int, Any]
+
+
+def _model_path(parts: list[str]) -> tuple[str, str, list[str]] | None:
+    """['v2','models',m,('versions',v),rest...] -> (m, v, rest)."""
+    if len(parts) < 3 or parts[0] != "v2" or parts[1] != "models":
+        return None
+    name = unquote(parts[2])
+    rest = parts[3:]
+    version = ""
+    if len(rest) >= 2 and rest[0] == "versions":
+        version = unquote(rest[1])
+        rest = rest[2:]
+    return name, version, rest
+
+
+def route_get(dp: DataPlane, path: str) -> Doc:
+    parts = [p for p in path.split("/") if p]
+    if parts == ["v2", "health", "live"]:
+        if dp.live():
+            return 200, None
+        raise GatewayError(Code.UNAVAILABLE, "server is not live")
+    if parts == ["v2", "health", "ready"]:
+        if dp.ready():
+            return 200, None
+        raise GatewayError(Code.UNAVAILABLE, "server is not ready")
+    if parts == ["v2"]:
+        return 200, dp.server_metadata()
+    if parts == ["v2", "models", "stats"]:
+        return 200, dp.model_statistics()
+    mp = _model_path(parts)
+    if mp is not None:
+        name, version, rest = mp
+        if not rest:
+            return 200, dp.model_metadata(name, version)
+        if rest == ["ready"]:
+            if dp.model_ready(name, version):
+                return 200, None
+            dp.model_metadata(name, version)  # 404 for an unknown model, else:
+            raise GatewayError(Code.UNAVAILABLE, f"model '{name}' is not ready")
+        if rest == ["config"]:
+            return 200, dp.model_config(name, version)
+        if rest == ["stats"]:
+            return 200, dp.model_statistics(name, version)
+    raise GatewayError(Code.NOT_FOUND, f"no route for GET {path}")
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid(f"malformed JSON in request body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise invalid("request body must be a JSON object")
+    return doc
+
+
+def route_post_admin(dp: DataPlane, path: str, body: bytes) -> Awaitable[Doc] | None:
+    parts = [p for p in path.split("/") if p]
+    if parts == ["v2", "repository", "index"]:
+        return _index(dp, body)
+    if len(parts) == 5 and parts[:3] == ["v2", "repository", "models"] and parts[4] in ("load", "unload"):
+        return _load_unload(dp, unquote(parts[3]), parts[4], body)
+    return None
+
+
+async def _index(dp: DataPlane, body: bytes) -> Doc:
+    doc = _json_body(body)
+    return 200, dp.repository_index(bool(doc.get("ready", False)))
+
+
+async def _load_unload(dp: DataPlane, name: str, action: str, body: bytes) -> Doc:
+    _json_body(body)
+    if action == "load":
+        await dp.load_model(name)
+    else:
+        await dp.unload_model(name)
+    return 200, None

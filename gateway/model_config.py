@@ -1,0 +1,199 @@
+"""Per-model settings from ``<repo>/<model>/config.toml``, validated against the ONNX graph.
+
+A model without a config serves with defaults derived from the graph: a dynamic first
+dimension on every input and output makes it batchable (``max_batch_size`` rows), a static
+one turns batching off. A bad config is refused at load with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.types import TensorSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_QUEUE_SIZE = 4096
+
+
+class ConfigError(ValueError):
+    """A model config that cannot be served; the message names the model and the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which versions on disk are served: the latest N, all, or a specific list (Triton's three)."""
+
+    kind: str = "latest"  # latest | all | specific
+    latest: int = 1
+    specific: tuple[str, ...] = ()
+
+    def select(self, on_disk: Sequence[str]) -> list[str]:
+        ordered = sorted(on_disk, key=int)
+        if self.kind == "all":
+            return ordered
+        if self.kind == "specific":
+            return [v for v in ordered if v in self.specific]
+        return ordered[-self.latest :]
+
+    def to_triton(self) -> dict[str, Any]:
+        if self.kind == "all":
+            return {"all": {}}
+        if self.kind == "specific":
+            return {"specific": {"versions": [int(v) for v in self.specific]}}
+        return {"latest": {"num_versions": self.latest}}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Effective settings of one model (all its versions share them)."""
+
+    name: str
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    """Rows of the first dimension per batch; 0 turns batching off (shapes as the model declares)."""
+    max_queue_delay_us: int = 0
+    """How long the oldest queued request may wait for a fuller batch; 0: an idle backend runs at once."""
+    preferred_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes worth waiting for (within the delay); a batch is released when one is reached."""
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    """Rows allowed to wait; past it requests are refused at once (429)."""
+    instances: int = 1
+    """Sessions of the model, i.e. batches that may run at once."""
+    device: str = "auto"
+    """cpu | cuda | auto (CUDA when onnxruntime has it, else CPU)."""
+    execution: str = "auto"
+    """inline (on the event loop thread) | thread (a pool) | auto (decided from the warm-up time)."""
+    intra_op_threads: int = 1
+    """onnxruntime intra-op threads per session; 0 lets onnxruntime pick (all cores)."""
+    timeout_us: int = 0
+    """Default per-request deadline in microseconds when the client sets none; 0: none."""
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    """Which versions on disk are served."""
+    inline_threshold_us: int = 500
+    """With execution = auto: run inline when a warm max-size batch takes less than this."""
+    release_on_deadline: bool = False
+    """Release a batch before the delay when a queued request's deadline would pass otherwise."""
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch_size > 0
+
+
+_FIELDS = {
+    "max_batch_size",
+    "max_queue_delay_us",
+    "preferred_batch_sizes",
+    "max_queue_size",
+    "instances",
+    "device",
+    "execution",
+    "intra_op_threads",
+    "timeout_us",
+    "version_policy",
+    "inline_threshold_us",
+    "release_on_deadline",
+}
+
+
+def read_config_file(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "config.toml"
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"model '{model_dir.name}': {path} is not valid TOML: {exc}") from None
+
+
+def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
+    """Turn the TOML table into a ModelConfig; graph-independent checks only."""
+
+    def fail(fieldname: str, why: str) -> ConfigError:
+        return ConfigError(f"model '{name}': config field '{fieldname}' {why}")
+
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"is not a known setting (known: {', '.join(sorted(_FIELDS))})")
+    values: dict[str, Any] = {}
+    for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads",
+                "timeout_us", "inline_threshold_us"):
+        if key in raw:
+            v = raw[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise fail(key, f"must be a non-negative integer, got {v!r}")
+            values[key] = v
+    if values.get("instances", 1) < 1:
+        raise fail("instances", "must be at least 1")
+    if values.get("max_queue_size", 1) < 1:
+        raise fail("max_queue_size", "must be at least 1")
+    if "preferred_batch_sizes" in raw:
+        p = raw["preferred_batch_sizes"]
+        if not isinstance(p, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in p):
+            raise fail("preferred_batch_sizes", f"must be a list of positive integers, got {p!r}")
+        values["preferred_batch_sizes"] = tuple(sorted(set(p)))
+    if "release_on_deadline" in raw:
+        if not isinstance(raw["release_on_deadline"], bool):
+            raise fail("release_on_deadline", f"must be true or false, got {raw['release_on_deadline']!r}")
+        values["release_on_deadline"] = raw["release_on_deadline"]
+    for key, allowed in (("device", ("cpu", "cuda", "auto")), ("execution", ("inline", "thread", "auto"))):
+        if key in raw:
+            if raw[key] not in allowed:
+                raise fail(key, f"must be one of {', '.join(allowed)}, got {raw[key]!r}")
+            values[key] = raw[key]
+    if "version_policy" in raw:
+        values["version_policy"] = _parse_policy(raw["version_policy"], fail)
+    cfg = ModelConfig(name=name, **values)
+    mbs = cfg.max_batch_size
+    if mbs and any(p > mbs for p in cfg.preferred_batch_sizes):
+        raise fail("preferred_batch_sizes", f"has a size above max_batch_size ({mbs})")
+    if not mbs and cfg.preferred_batch_sizes:
+        raise fail("preferred_batch_sizes", "is set but batching is off (max_batch_size = 0)")
+    return cfg
+
+
+def _parse_policy(v: Any, fail: Any) -> VersionPolicy:
+    if v == "all":
+        return VersionPolicy(kind="all")
+    if isinstance(v, Mapping) and set(v) == {"latest"}:
+        n = v["latest"]
+        if not isinstance(n, int) or n < 1:
+            raise fail("version_policy", f"latest must be a positive integer, got {n!r}")
+        return VersionPolicy(kind="latest", latest=n)
+    if isinstance(v, Mapping) and set(v) == {"specific"}:
+        vs = v["specific"]
+        if not isinstance(vs, list) or not vs or not all(isinstance(x, int) and x > 0 for x in vs):
+            raise fail("version_policy", f"specific must be a non-empty list of version numbers, got {vs!r}")
+        return VersionPolicy(kind="specific", specific=tuple(str(x) for x in vs))
+    raise fail("version_policy", f'must be "all", {{latest = N}} or {{specific = [..]}}, got {v!r}')
+
+
+def check_against_graph(
+    cfg: ModelConfig, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], explicit: Mapping[str, Any]
+) -> ModelConfig:
+    """Reconcile the config with the graph's signature; returns the effective config.
+
+    A graph whose tensors do not all start with a dynamic dimension cannot batch: that is an
+    error if the config asked for batching explicitly, and turns batching off otherwise.
+    """
+    tensors = list(inputs) + list(outputs)
+    dynamic_first = all(t.shape and t.shape[0] == -1 for t in tensors)
+    if cfg.max_batch_size > 0 and not dynamic_first:
+        if "max_batch_size" in explicit:
+            static = next(t for t in tensors if not t.shape or t.shape[0] != -1)
+            raise ConfigError(
+                f"model '{cfg.name}': config field 'max_batch_size' is {cfg.max_batch_size} but "
+                f"tensor '{static.name}' has no dynamic first (batch) dimension: shape {list(static.shape)}"
+            )
+        from dataclasses import replace
+
+        return replace(cfg, max_batch_size=0, preferred_batch_sizes=())
+    return cfg

@@ -1,0 +1,121 @@
+"""Server settings: frozen, loaded once from a TOML file, then ``GATEWAY_*`` env, then CLI flags.
+
+Every limit is a named field with a default that is safe on a laptop. Per-model settings
+(batching, instances, device) live in the model repository (``gateway.model_config``), not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "GATEWAY_"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    """Address both fronts bind to."""
+    http_port: int = 8000
+    """HTTP/REST port; 0 picks a free port."""
+    grpc_port: int = 8001
+    """gRPC port; 0 picks a free port; -1 disables the gRPC front."""
+    model_repository: str = ""
+    """Directory in Triton's layout: <repo>/<model>/<version>/model.onnx."""
+    demo: bool = False
+    """Build and serve the built-in demo repository (no files, no network)."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    """Largest HTTP request body accepted; larger gets 413."""
+    max_header_bytes: int = 64 * 1024
+    """Largest HTTP request head (request line + headers) accepted; larger gets 431."""
+    http_keepalive_timeout_s: float = 75.0
+    """Idle keep-alive connections are closed after this many seconds."""
+    max_pipelined_requests: int = 256
+    """Requests one HTTP connection may have outstanding before the server stops reading it."""
+    grpc_max_message_bytes: int = 64 * 1024 * 1024
+    """Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED."""
+    grpc_keepalive_time_s: float = 60.0
+    """Interval of gRPC keepalive pings on idle connections."""
+    grpc_keepalive_timeout_s: float = 20.0
+    """How long a keepalive ping may go unanswered before the connection is closed."""
+    shutdown_grace_s: float = 30.0
+    """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
+    log_level: str = "INFO"
+    """Python logging level name."""
+    loop: str = "uvloop"
+    """Event loop: uvloop or asyncio."""
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> ServerSettings:
+        """File, then environment (``GATEWAY_HTTP_PORT=9000``), then explicit overrides (CLI flags)."""
+        values: dict[str, Any] = {}
+        if config_file:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+            data = data.get("server", data)
+            values.update(_checked(data, f"config file {config_file}"))
+        env = os.environ if env is None else env
+        env_values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                env_values[f.name] = _parse_env(f.name, raw, type(getattr(cls(), f.name)))
+        values.update(env_values)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> ServerSettings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        for name in ("max_body_bytes", "max_header_bytes", "max_pipelined_requests", "grpc_max_message_bytes"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"setting http_port out of range: {self.http_port}")
+        if not -1 <= self.grpc_port <= 65535:
+            raise ValueError(f"setting grpc_port out of range: {self.grpc_port}")
+        if self.loop not in ("uvloop", "asyncio"):
+            raise ValueError(f"setting loop must be 'uvloop' or 'asyncio', got {self.loop!r}")
+        if not self.demo and not self.model_repository:
+            raise ValueError("no model repository: pass --model-repository DIR or --demo")
+        if self.model_repository and not Path(self.model_repository).is_dir():
+            raise ValueError(f"model repository {self.model_repository!r} is not a directory")
+
+
+def _checked(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    known = {f.name for f in fields(ServerSettings)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    return dict(data)
+
+
+def _parse_env(name: str, raw: str, typ: type) -> Any:
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        return typ(raw)
+    except ValueError:
+        raise ValueError(f"environment {ENV_PREFIX}{name.upper()}={raw!r} is not a valid {typ.__name__}") from None

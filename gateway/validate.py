@@ -1,0 +1,96 @@
+"""Checks an InferRequest against a model's signature before it may queue.
+
+Everything a client can get wrong is caught here, with a message naming the tensor, so that
+nothing malformed reaches a batch (one bad request must never fail its batch-mates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.errors import invalid
+from gateway.types import InferRequest, TensorSpec, numpy_to_datatype
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What a model version accepts and returns, precomputed for the per-request check."""
+
+    model: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    batching: bool
+    variable_inner_dims: bool
+    """True when some non-batch input dimension is -1: requests then go to shape buckets."""
+
+    @classmethod
+    def build(cls, model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
+              batching: bool) -> Signature:
+        inner = [t.shape[1:] if batching else t.shape for t in inputs]
+        return cls(model, tuple(inputs), tuple(outputs), batching,
+                   any(-1 in s for s in inner))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outputs)
+
+
+def check_request(sig: Signature, req: InferRequest) -> int:
+    """Validate in place (makes inputs C-contiguous); return the request's rows (1 without batching)."""
+    inputs = req.inputs
+    if len(inputs) != len(sig.inputs):
+        names = {t.name for t in sig.inputs}
+        extra = [n for n in inputs if n not in names]
+        if extra:
+            raise invalid(f"model '{sig.model}' has no input '{extra[0]}' (inputs: {', '.join(sorted(names))})")
+        missing = [n for n in names if n not in inputs]
+        raise invalid(f"model '{sig.model}' expects input '{missing[0]}', which the request lacks")
+    rows = -1
+    for spec in sig.inputs:
+        arr = inputs.get(spec.name)
+        if arr is None:
+            raise invalid(f"model '{sig.model}' expects input '{spec.name}', which the request lacks")
+        if arr.dtype != spec.dtype:
+            raise invalid(
+                f"input '{spec.name}' has datatype {numpy_to_datatype(arr.dtype)} but model '{sig.model}' "
+                f"expects {spec.datatype}"
+            )
+        shape = arr.shape
+        want = spec.shape
+        if len(shape) != len(want):
+            raise invalid(
+                f"input '{spec.name}' has shape {list(shape)} but model '{sig.model}' expects rank {len(want)} "
+                f"(shape {list(want)})"
+            )
+        for i in range(1 if sig.batching else 0, len(want)):
+            if want[i] != -1 and shape[i] != want[i]:
+                raise invalid(
+                    f"input '{spec.name}' has shape {list(shape)} but model '{sig.model}' expects {list(want)}"
+                )
+        if sig.batching:
+            if shape[0] < 1:
+                raise invalid(f"input '{spec.name}' has {shape[0]} rows; at least 1 is required")
+            if rows == -1:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise invalid(
+                    f"inputs disagree on the batch dimension: '{spec.name}' has {shape[0]} rows, others {rows}"
+                )
+        if not arr.flags.c_contiguous:
+            inputs[spec.name] = np.ascontiguousarray(arr)
+    if req.outputs is not None:
+        known = sig.output_names
+        for name in req.outputs:
+            if name not in known:
+                raise invalid(f"model '{sig.model}' has no output '{name}' (outputs: {', '.join(known)})")
+    return rows if sig.batching else 1
+
+
+def bucket_key(sig: Signature, req: InferRequest) -> tuple:
+    """Requests whose non-batch dimensions differ cannot share a batch."""
+    if not sig.variable_inner_dims:
+        return ()
+    return tuple(req.inputs[t.name].shape[1:] for t in sig.inputs)

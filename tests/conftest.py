@@ -1,0 +1,34 @@
+"""Shared fixtures: the test model repository and a running gateway on each event loop."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models import build_test_repository  # noqa: E402
+
+from gateway.testing import ServerThread  # noqa: E402
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_test_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="session", params=LOOPS)
+def loop_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def server(repo: Path, loop_name: str) -> Iterator[ServerThread]:
+    """One gateway per event loop kind, shared by the tests that only read from it."""
+    with ServerThread(repository=repo, loop=loop_name) as srv:
+        yield srv

@@ -1,0 +1,62 @@
+"""`gateway serve --demo` as a newcomer runs it: starts, answers, and exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server did not become ready")
+
+
+def test_serve_demo_then_sigterm_drains_and_exits_zero() -> None:
+    http_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
+                             "--grpc-port", str(grpc_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_ready(http_port, proc)
+        body = json.dumps({"inputs": [
+            {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": [1] * 16},
+            {"name": "INPUT1", "datatype": "FP32", "shape": [1, 16], "data": [2] * 16}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{http_port}/v2/models/add_sub/infer", data=body,
+                                     headers={"Content-Type": "application/json"})
+        out = json.loads(urllib.request.urlopen(req, timeout=10).read())
+        assert out["outputs"][0]["data"] == [3.0] * 16
+        meta = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/mlp", timeout=10).read())
+        assert meta["versions"] == ["1", "2"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        output = proc.stdout.read() if proc.stdout else ""
+        assert "gateway ready" in output and "curl" in output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_rejects_missing_repository() -> None:
+    r = subprocess.run([sys.executable, "-m", "gateway", "serve"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "model repository" in r.stderr

@@ -1,0 +1,83 @@
+"""Model configs are validated against the graph; a bad one is refused naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from models import mlp_model, static_model, write_model
+
+from gateway.errors import GatewayError
+from gateway.model_config import ConfigError, VersionPolicy, parse_config
+from gateway.registry import ModelRegistry
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"max_batch_size": -1}, "max_batch_size"),
+    ({"max_batch_size": "8"}, "max_batch_size"),
+    ({"instances": 0}, "instances"),
+    ({"device": "tpu"}, "device"),
+    ({"execution": "maybe"}, "execution"),
+    ({"preferred_batch_sizes": [0]}, "preferred_batch_sizes"),
+    ({"max_batch_size": 4, "preferred_batch_sizes": [8]}, "preferred_batch_sizes"),
+    ({"version_policy": {"latest": 0}}, "version_policy"),
+    ({"version_policy": "some"}, "version_policy"),
+    ({"max_batch_sise": 4}, "max_batch_sise"),
+    ({"release_on_deadline": "yes"}, "release_on_deadline"),
+])
+def test_bad_fields_are_named(raw: dict, field: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{field}'"):
+        parse_config("m", raw)
+
+
+def test_version_policies() -> None:
+    assert VersionPolicy().select(["1", "3", "2"]) == ["3"]
+    assert VersionPolicy(kind="latest", latest=2).select(["1", "10", "2"]) == ["2", "10"]
+    assert VersionPolicy(kind="all").select(["2", "1"]) == ["1", "2"]
+    assert VersionPolicy(kind="specific", specific=("1",)).select(["1", "2"]) == ["1"]
+
+
+def load(repo: Path, name: str) -> ModelRegistry:
+    reg = ModelRegistry(repo)
+    asyncio.run(reg.load(name))
+    return reg
+
+
+def test_batching_on_static_graph_is_refused(tmp_path: Path) -> None:
+    write_model(tmp_path, "static", 1, static_model(), "max_batch_size = 8\n")
+    with pytest.raises(GatewayError, match="'max_batch_size'.*INPUT0"):
+        load(tmp_path, "static")
+
+
+def test_static_graph_without_config_serves_unbatched(tmp_path: Path) -> None:
+    write_model(tmp_path, "static", 1, static_model())
+    reg = load(tmp_path, "static")
+    assert reg.get("static").config.max_batch_size == 0
+
+
+def test_defaults_from_graph_and_version_policy(tmp_path: Path) -> None:
+    write_model(tmp_path, "mlp", 1, mlp_model(1))
+    write_model(tmp_path, "mlp", 3, mlp_model(3), "max_queue_delay_us = 100\npreferred_batch_sizes = [4, 8]\n")
+    reg = load(tmp_path, "mlp")
+    assert reg.version_labels("mlp") == ["3"]  # Triton's default: latest 1
+    mv = reg.get("mlp")
+    assert mv.config.max_batch_size == 64 and mv.config.preferred_batch_sizes == (4, 8)
+    cfg = mv.triton_config()
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100}
+    assert cfg["input"] == [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [64]}]
+
+
+def test_invalid_onnx_and_missing_versions(tmp_path: Path) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(GatewayError, match="cannot load"):
+        load(tmp_path, "broken")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GatewayError, match="no <version>/model.onnx"):
+        load(tmp_path, "empty")
+    (tmp_path / "badtoml").mkdir()
+    write_model(tmp_path, "badtoml", 1, mlp_model(1))
+    (tmp_path / "badtoml" / "config.toml").write_text("max_batch_size = = 3")
+    with pytest.raises(GatewayError, match="not valid TOML"):
+        load(tmp_path, "badtoml")
