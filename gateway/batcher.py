@@ -230,9 +230,7 @@ class Batcher:
                 p.group.part_done(p.index, outs, None, make)
             else:
                 p.done(make(p.request, outs), None)  # type: ignore[misc]
-        t4 = self.clock()
-        arrivals = np.fromiter((p.arrival for p in items), dtype=np.float64, count=len(items))
-        self.stats.record_batch(len(items), rows, t0 - arrivals, t4 - arrivals, t1 - t0, t2 - t1, t3 - t2)
+        self.stats.record_batch(items, rows, t0, t1, t2, t3, self.clock())
 
     def _response(self, request: InferRequest, outs: dict[str, np.ndarray]) -> InferResponse:
         wanted = request.outputs

@@ -3,7 +3,8 @@
 One ``ModelStats`` feeds both the Triton statistics extension (``/v2/models/{m}/stats``,
 ModelStatistics RPC) and the Prometheus histograms at ``/metrics``. At tens of thousands of
 requests per second a per-request ``observe`` per stage costs more than parsing the request,
-so the batcher hands over whole batches: per-request latencies arrive as one numpy array.
+so the batcher hands over whole batches and the native histograms read each request's arrival
+time directly (``gateway._native.hist``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from gateway._native.hist import Histogram, observe_arrivals
 
 # Latency bucket upper bounds in seconds (Prometheus `le`), 50 µs .. 10 s.
 LATENCY_BUCKETS = (
@@ -21,41 +22,6 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RELEASE_REASONS = ("full", "preferred", "delay", "deadline")
 STAGES = ("queue", "pack", "compute", "scatter", "total")
-
-
-class Histogram:
-    """Fixed-bucket histogram updated from arrays; reads as Prometheus cumulative buckets."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = np.asarray(bounds, dtype=np.float64)
-        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)  # last: +Inf
-        self.sum = 0.0
-
-    def observe_many(self, values: np.ndarray) -> None:
-        if values.size:
-            idx = np.searchsorted(self.bounds, values, side="left")
-            self.counts += np.bincount(idx, minlength=self.counts.size)
-            self.sum += float(values.sum())
-
-    def observe(self, value: float, n: int = 1) -> None:
-        self.counts[int(np.searchsorted(self.bounds, value, side="left"))] += n
-        self.sum += value * n
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        c = np.cumsum(self.counts)
-        out = [(_fmt(b), int(v)) for b, v in zip(self.bounds, c[:-1], strict=True)]
-        out.append(("+Inf", int(c[-1])))
-        return out
-
-    @property
-    def count(self) -> int:
-        return int(self.counts.sum())
-
-
-def _fmt(b: float) -> str:
-    return repr(float(b))
 
 
 @dataclass(slots=True)
@@ -142,21 +108,16 @@ class ModelStats:
         self.release = dict.fromkeys(RELEASE_REASONS, 0)
         self.queue_rows = 0  # gauge, set by the batcher
 
-    def record_batch(
-        self,
-        requests: int,
-        rows: int,
-        queue_s: np.ndarray,
-        total_s: np.ndarray,
-        pack_s: float,
-        compute_s: float,
-        scatter_s: float,
-    ) -> None:
-        """One executed batch: per-request queue and total seconds as arrays, stage times as scalars."""
+    def record_batch(self, items: list, rows: int, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
+        """One executed batch. ``items`` carry ``arrival``; t0 pack start, t1 compute start, t2 compute
+        end, t3 scatter end, t4 callbacks done (seconds, the batcher's clock)."""
         ns = 1_000_000_000
-        pack_ns, compute_ns, scatter_ns = int(pack_s * ns), int(compute_s * ns), int(scatter_s * ns)
-        self.success.add(requests, int(total_s.sum() * ns))
-        self.queue.add(requests, int(queue_s.sum() * ns))
+        requests = len(items)
+        lat = self.latency
+        queue_s, total_s = observe_arrivals(items, t0, t4, lat["queue"], lat["total"])
+        pack_ns, compute_ns, scatter_ns = int((t1 - t0) * ns), int((t2 - t1) * ns), int((t3 - t2) * ns)
+        self.success.add(requests, int(total_s * ns))
+        self.queue.add(requests, int(queue_s * ns))
         # Triton charges every request of a batch the batch's compute times.
         self.compute_input.add(requests, pack_ns * requests)
         self.compute_infer.add(requests, compute_ns * requests)
@@ -170,12 +131,9 @@ class ModelStats:
         b.compute_input.add(1, pack_ns)
         b.compute_infer.add(1, compute_ns)
         b.compute_output.add(1, scatter_ns)
-        lat = self.latency
-        lat["queue"].observe_many(queue_s)
-        lat["total"].observe_many(total_s)
-        lat["pack"].observe(pack_s)
-        lat["compute"].observe(compute_s)
-        lat["scatter"].observe(scatter_s)
+        lat["pack"].observe(t1 - t0)
+        lat["compute"].observe(t2 - t1)
+        lat["scatter"].observe(t3 - t2)
         self.batch_rows.observe(rows)
 
     def record_failures(self, code: str, n: int, total_ns: int = 0) -> None:

@@ -54,8 +54,18 @@ ONNX_TO_DATATYPE: dict[str, str] = {
 }
 
 
+_DTYPE_CACHE: dict[np.dtype, str] = {}
+
+
 def numpy_to_datatype(dtype: np.dtype) -> str:
     """KServe datatype name of a numpy dtype; object and bytes/str arrays are BYTES."""
+    name = _DTYPE_CACHE.get(dtype)
+    if name is None:
+        name = _DTYPE_CACHE[dtype] = _numpy_to_datatype(dtype)
+    return name
+
+
+def _numpy_to_datatype(dtype: np.dtype) -> str:
     if dtype.kind in "OSU":
         return "BYTES"
     name = _NUMPY_TO_DATATYPE.get(dtype.newbyteorder("<").str if dtype.byteorder == ">" else dtype.str)

@@ -255,19 +255,22 @@ class HttpProtocol(asyncio.Protocol):
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self.front.settings.max_header_bytes:
             raise httptools.HttpParserError("request head too large")
-        n = name.lower()
-        if n == b"inference-header-content-length":
-            try:
-                self._header_len = int(value)
-            except ValueError:
-                self._header_len = -2  # reported as 400 once the message is complete
-        elif n == b"content-length":
-            try:
-                if int(value) > self._max_body:
-                    self._too_large = True
-            except ValueError:
-                pass  # httptools rejects it
-        elif n == b"expect" and value.lower() == b"100-continue":
+        # Dispatch on length first: most headers (host, content-type, ...) are skipped without lower().
+        size = len(name)
+        if size == 31:
+            if name.lower() == b"inference-header-content-length":
+                try:
+                    self._header_len = int(value)
+                except ValueError:
+                    self._header_len = -2  # reported as 400 once the message is complete
+        elif size == 14:
+            if name.lower() == b"content-length":
+                try:
+                    if int(value) > self._max_body:
+                        self._too_large = True
+                except ValueError:
+                    pass  # httptools rejects it
+        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:

@@ -1,0 +1,249 @@
+"""Protobuf <-> core types for inference: ``decode_infer_request`` / ``encode_infer_response``.
+
+This is the gRPC front's hot path, so it stays lean: raw tensor contents become numpy views
+over the request's bytes (``np.frombuffer``, no copy), lookups go through module-level tables,
+and nothing here allocates per element except BYTES tensors, whose elements are Python
+``bytes`` by definition.
+
+Malformed tensors are refused here, before the core sees them, with INVALID_ARGUMENT naming
+the input: an unknown datatype, a negative dimension, raw contents whose size does not match
+shape x itemsize, a count of ``raw_input_contents`` that does not match the inputs, both raw
+and typed contents, typed contents of the wrong length. Whether names, shapes and datatypes
+fit the model is the core's check (``DataPlane.submit``).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import invalid
+from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
+
+# Typed-contents field per datatype (KServe v2: narrow integers travel widened). FP16 and BF16
+# have no typed form.
+CONTENTS_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+_NARROW = frozenset(("INT8", "INT16", "UINT8", "UINT16"))
+_U32 = struct.Struct("<I")
+_ModelInferResponse = pb.ModelInferResponse
+# numpy dtype -> datatype name, filled on first sight of each dtype (a dict hit is cheaper
+# than numpy_to_datatype's string work on every output of every response).
+_DATATYPE_OF: dict[np.dtype, str] = {}
+
+
+# ---- BYTES tensors: elements prefixed by a 4-byte little-endian length ----------------------
+
+def decode_bytes_tensor(buf: bytes, count: int) -> np.ndarray:
+    """Split a length-prefixed buffer into an object array of ``count`` bytes elements.
+
+    Raises ValueError when the buffer is truncated or has bytes left over.
+    """
+    out = np.empty(count, dtype=object)
+    end = len(buf)
+    off = 0
+    unpack = _U32.unpack_from
+    for i in range(count):
+        if off + 4 > end:
+            raise ValueError(f"truncated: element {i} of {count} has no length prefix")
+        (n,) = unpack(buf, off)
+        off += 4
+        if off + n > end:
+            raise ValueError(f"truncated: element {i} declares {n} bytes, {end - off} left")
+        out[i] = buf[off : off + n]
+        off += n
+    if off != end:
+        raise ValueError(f"{end - off} bytes left after {count} elements")
+    return out
+
+
+def encode_bytes_tensor(arr: np.ndarray) -> bytes:
+    """Length-prefix every element (row-major); str elements are UTF-8 encoded."""
+    parts: list[bytes] = []
+    pack = _U32.pack
+    for x in arr.flat:
+        b = x if isinstance(x, bytes) else (x.encode() if isinstance(x, str) else str(x).encode())
+        parts.append(pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+# ---- parameters -----------------------------------------------------------------------------
+
+def params_from_pb(m: Mapping[str, Any]) -> dict[str, Any] | None:
+    """InferParameter map -> dict of plain Python values (None when the map is empty)."""
+    if not m:
+        return None
+    out: dict[str, Any] = {}
+    for key, p in m.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def params_to_pb(values: Mapping[str, Any], m: MutableMapping[str, Any]) -> None:
+    """Write plain Python values into an InferParameter map (bool before int: bool is an int)."""
+    for key, v in values.items():
+        p = m[key]
+        if isinstance(v, bool):
+            p.bool_param = v
+        elif isinstance(v, int):
+            if v >= 1 << 63:
+                p.uint64_param = v
+            else:
+                p.int64_param = v
+        elif isinstance(v, float):
+            p.double_param = v
+        else:
+            p.string_param = v if isinstance(v, str) else str(v)
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> InferRequest:
+    """ModelInferRequest -> InferRequest; raises GatewayError(INVALID_ARGUMENT) on malformed input.
+
+    ``deadline_us`` is what is left of the client's gRPC deadline (0: none). The Triton
+    ``timeout`` parameter (microseconds) also bounds the request; the tighter of the two wins.
+    """
+    raw = msg.raw_input_contents
+    n_raw = len(raw)
+    tensors = msg.inputs
+    if n_raw and n_raw != len(tensors):
+        raise invalid(
+            f"request has {len(tensors)} inputs but {n_raw} raw_input_contents: "
+            "send raw contents for every input or for none"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(tensors):
+        name = t.name
+        datatype = t.datatype
+        dtype = DATATYPE_TO_NUMPY.get(datatype)
+        if dtype is None:
+            raise invalid(f"input '{name}': unknown datatype '{datatype}'")
+        shape = tuple(t.shape)
+        if shape and min(shape) < 0:
+            raise invalid(f"input '{name}': negative dimension in shape {list(shape)}")
+        count = math.prod(shape)
+        if n_raw:
+            if t.HasField("contents"):
+                raise invalid(f"input '{name}': both raw_input_contents and typed contents given")
+            arr = _from_raw(name, datatype, dtype, shape, count, raw[i])
+        else:
+            arr = _from_contents(name, datatype, dtype, shape, count, t)
+        if name in inputs:
+            raise invalid(f"input '{name}' appears more than once")
+        inputs[name] = arr
+
+    parameters = params_from_pb(msg.parameters) if msg.parameters else None
+    timeout_us = deadline_us
+    if parameters is not None:
+        t_param = parameters.get("timeout")
+        if isinstance(t_param, int) and not isinstance(t_param, bool) and t_param > 0:
+            timeout_us = t_param if timeout_us <= 0 else min(timeout_us, t_param)
+
+    outputs: list[str] | None = None
+    output_parameters: dict[str, dict[str, Any]] | None = None
+    if msg.outputs:
+        outputs = []
+        for o in msg.outputs:
+            outputs.append(o.name)
+            if o.parameters:
+                if output_parameters is None:
+                    output_parameters = {}
+                output_parameters[o.name] = params_from_pb(o.parameters)  # type: ignore[assignment]
+
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        inputs=inputs,
+        outputs=outputs,
+        id=msg.id,
+        parameters=parameters,
+        timeout_us=timeout_us,
+        output_parameters=output_parameters,
+    )
+
+
+def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int,
+              buf: bytes) -> np.ndarray:
+    if datatype == "BYTES":
+        try:
+            return decode_bytes_tensor(buf, count).reshape(shape)
+        except ValueError as exc:
+            raise invalid(f"input '{name}': malformed BYTES raw contents: {exc}") from None
+    if len(buf) != count * dtype.itemsize:
+        raise invalid(
+            f"input '{name}': raw contents hold {len(buf)} bytes but shape {list(shape)} of "
+            f"{datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _from_contents(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int,
+                   t: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise invalid(f"input '{name}': {datatype} has no typed contents; send it in raw_input_contents")
+    values = getattr(t.contents, field)
+    if len(values) != count:
+        raise invalid(
+            f"input '{name}': {field} holds {len(values)} elements but shape {list(shape)} needs {count}"
+        )
+    if datatype == "BYTES":
+        arr = np.empty(count, dtype=object)
+        arr[:] = list(values)
+        return arr.reshape(shape)
+    if datatype in _NARROW:  # travels widened: a cast alone would wrap 300 to 44 silently
+        wide = np.array(values, dtype=np.int64)
+        arr = wide.astype(dtype)
+        if not np.array_equal(arr, wide):
+            raise invalid(f"input '{name}': a value in {field} is out of range for {datatype}")
+        return arr.reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+# ---- responses ------------------------------------------------------------------------------
+
+def _datatype_of(dtype: np.dtype) -> str:
+    name = _DATATYPE_OF.get(dtype)
+    if name is None:
+        name = _DATATYPE_OF[dtype] = numpy_to_datatype(dtype)
+    return name
+
+
+def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
+    """InferResponse -> ModelInferResponse with every output in ``raw_output_contents``."""
+    msg = _ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
+    tensors = msg.outputs
+    raw = msg.raw_output_contents
+    for name, arr in resp.outputs.items():
+        datatype = _datatype_of(arr.dtype)
+        tensors.add(name=name, datatype=datatype, shape=arr.shape)
+        if datatype == "BYTES":
+            raw.append(encode_bytes_tensor(arr))
+        elif arr.dtype.byteorder == ">":
+            raw.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+        else:
+            raw.append(arr.tobytes())
+    if resp.parameters:
+        params_to_pb(resp.parameters, msg.parameters)
+    return msg

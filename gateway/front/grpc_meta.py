@@ -1,0 +1,49 @@
+"""DataPlane dicts -> protobuf for the gRPC control RPCs (metadata, config, statistics, index).
+
+The data plane answers these in the KServe v2 / Triton JSON shapes that the HTTP front sends
+as they are. Their keys are the protobuf field names, so the statistics, config and index
+messages are filled by ``json_format.ParseDict``: one conversion to keep right instead of a
+hand-written copy of each structure. These RPCs are off the hot path (perf_analyzer asks for
+metadata and config once), so the generic converter's cost does not matter.
+
+``ignore_unknown_fields``: the config JSON carries Triton fields that our model_config.proto
+does not declare (``parameters``); a client of ours could not read them anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from gateway.grpc_gen import grpc_service_pb2 as pb
+
+
+def server_metadata_to_pb(meta: dict[str, Any]) -> pb.ServerMetadataResponse:
+    return pb.ServerMetadataResponse(
+        name=meta.get("name", ""), version=meta.get("version", ""), extensions=meta.get("extensions", ())
+    )
+
+
+def model_metadata_to_pb(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
+    msg = pb.ModelMetadataResponse(
+        name=meta["name"], versions=meta.get("versions", ()), platform=meta.get("platform", "")
+    )
+    for key, field in (("inputs", msg.inputs), ("outputs", msg.outputs)):
+        for t in meta.get(key, ()):
+            field.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+    return msg
+
+
+def model_config_to_pb(config: dict[str, Any]) -> pb.ModelConfigResponse:
+    msg = pb.ModelConfigResponse()
+    json_format.ParseDict(config, msg.config, ignore_unknown_fields=True)
+    return msg
+
+
+def model_statistics_to_pb(stats: dict[str, Any]) -> pb.ModelStatisticsResponse:
+    return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
+
+
+def repository_index_to_pb(index: list[dict[str, Any]]) -> pb.RepositoryIndexResponse:
+    return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)

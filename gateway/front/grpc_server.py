@@ -1,0 +1,223 @@
+"""The gRPC front: KServe v2 ``inference.GRPCInferenceService`` on ``grpc.aio``, over the DataPlane.
+
+It runs on the same event loop as the HTTP front and shares everything below decode with it.
+Wire compatibility with Triton's clients comes from ``proto/`` (see tests/test_grpc_proto.py).
+
+- Errors: a ``GatewayError`` aborts the call with the gRPC status that ``gateway.errors`` maps
+  its code to; the message names the culprit.
+- Deadlines: what is left of the client's deadline becomes ``InferRequest.timeout_us``, so an
+  expired request leaves the batch queue before compute (DEADLINE_EXCEEDED).
+- Cancellation: ``ModelInfer`` awaits ``DataPlane.infer`` in the call's own task; when grpc
+  cancels that task (client gone, deadline), ``infer`` cancels the queued ticket, so the work is
+  not computed. Streams cancel every ticket they still hold.
+- Streams: every request is answered on the stream, an error as ``error_message`` without
+  closing it; requests run concurrently and answers go out as they complete (clients match them
+  by id), written by one writer so that writes never overlap.
+- Limits: ``grpc_max_message_bytes`` on receive and send (grpc answers RESOURCE_EXHAUSTED past
+  it), keepalive from settings, and ``stop(grace)`` finishes in-flight calls before closing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from gateway.dataplane import DataPlane
+from gateway.errors import Code, GatewayError, grpc_status_name
+from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
+from gateway.front.grpc_meta import (
+    model_config_to_pb,
+    model_metadata_to_pb,
+    model_statistics_to_pb,
+    repository_index_to_pb,
+    server_metadata_to_pb,
+)
+from gateway.front.grpc_stream import serve_stream
+from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from gateway.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[Code, grpc.StatusCode] = {c: getattr(grpc.StatusCode, grpc_status_name(c)) for c in Code}
+_LIVE = pb.ServerLiveResponse(live=True)
+_READY = pb.ServerReadyResponse(ready=True)
+_NOT_READY = pb.ServerReadyResponse(ready=False)
+_MODEL_READY = pb.ModelReadyResponse(ready=True)
+_MODEL_NOT_READY = pb.ModelReadyResponse(ready=False)
+
+
+def status_of(code: Code) -> grpc.StatusCode:
+    return _STATUS[code]
+
+
+def deadline_us(context: grpc.aio.ServicerContext) -> int:
+    """Microseconds left of the client's deadline; 0 when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return 0
+    return max(1, int(remaining * 1_000_000))
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """One method per RPC; each is a thin adapter: decode, call the data plane, encode."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self._dp = dataplane
+
+    # ---- health and metadata ---------------------------------------------------------------
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return _LIVE
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return _READY if self._dp.ready() else _NOT_READY
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return _MODEL_READY if self._dp.model_ready(request.name, request.version) else _MODEL_NOT_READY
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return server_metadata_to_pb(self._dp.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        try:
+            return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise  # unreachable: abort raises
+
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        try:
+            return model_config_to_pb(self._dp.model_config(request.name, request.version))
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        try:
+            return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+
+    # ---- inference -------------------------------------------------------------------------
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        try:
+            response = await self._dp.infer(decode_infer_request(request, deadline_us(context)))
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return encode_infer_response(response)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
+        await serve_stream(self._dp, request_iterator, context)
+
+    # ---- repository ------------------------------------------------------------------------
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        try:
+            _check_repository(request.repository_name)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return repository_index_to_pb(self._dp.repository_index(request.ready))
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+        try:
+            _check_repository(request.repository_name)
+            if request.parameters:
+                raise GatewayError(Code.INVALID_ARGUMENT,
+                                   "load parameters (config or file overrides) are not supported")
+            await self._dp.load_model(request.model_name)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
+        try:
+            _check_repository(request.repository_name)
+            await self._dp.unload_model(request.model_name)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return pb.RepositoryModelUnloadResponse()
+
+    # ---- not served ------------------------------------------------------------------------
+    async def _unimplemented(self, what: str, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("system shared memory", context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("CUDA shared memory", context)
+
+    async def TraceSetting(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("tracing (TraceSetting)", context)
+
+    async def LogSettings(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented("log settings (LogSettings)", context)
+
+
+def _check_repository(name: str) -> None:
+    # One repository per server; Triton accepts its (empty) name too.
+    if name:
+        raise GatewayError(Code.INVALID_ARGUMENT,
+                           f"unknown repository '{name}': this server has one repository; leave the name empty")
+
+
+class GrpcFront:
+    """A started gRPC server; ``port`` is the bound port (useful when settings asked for 0)."""
+
+    def __init__(self, server: grpc.aio.Server, port: int) -> None:
+        self._server = server
+        self.port = port
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, let in-flight calls finish for up to ``grace`` s, then cancel them."""
+        await self._server.stop(grace)
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    limit = settings.grpc_max_message_bytes
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.keepalive_time_ms", int(settings.grpc_keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.grpc_keepalive_timeout_s * 1000)),
+        # Clients with their own keepalive (tritonclient's KeepAliveOptions) may ping an idle
+        # connection every 10 s (or our own interval, if shorter) without being sent GOAWAY
+        # "too_many_pings"; grpc's default would refuse anything under 5 minutes.
+        ("grpc.http2.min_ping_interval_without_data_ms", min(10_000, int(settings.grpc_keepalive_time_s * 1000))),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+async def start_grpc_front(dataplane: DataPlane, settings: ServerSettings) -> GrpcFront:
+    """Bind ``settings.host:settings.grpc_port`` (0: a free port) and start serving."""
+    server = grpc.aio.server(options=server_options(settings))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"gRPC front could not bind {host}:{settings.grpc_port}")
+    await server.start()
+    log.info("gRPC front listening on %s:%d", host, port)
+    return GrpcFront(server, port)
+
+
+__all__ = ["GrpcFront", "InferenceServicer", "start_grpc_front", "status_of", "deadline_us"]

@@ -1,0 +1,7 @@
+"""``python -m gateway.loadtest ARGS`` is ``gateway loadtest ARGS``."""
+
+import sys
+
+from gateway.loadtest.cli import main
+
+raise SystemExit(main(sys.argv[1:]))
