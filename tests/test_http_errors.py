@@ -183,3 +183,23 @@ def test_bad_rows_from_model_fail_whole_batch(server: ServerThread) -> None:
     assert stats["inference_stats"]["success"]["count"] == 0
     assert stats["inference_stats"]["fail"]["count"] >= 8
     still_serving(server.http_port)
+
+
+def test_expect_100_continue(server: ServerThread) -> None:
+    """curl sends `Expect: 100-continue` for larger bodies and waits for the interim answer."""
+    body = GOOD.encode()
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        assert s.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200")
+
+
+def test_oversized_head_is_rejected(server: ServerThread) -> None:
+    with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as s:
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        data = s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 400")
+    still_serving(server.http_port)

@@ -238,15 +238,6 @@ class HttpProtocol(asyncio.Protocol):
         self._write_in_order(seq, build_response(status, dumps({"error": message}), close=True), True)
 
     # ---- httptools callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._body = []
-        self._body_len = 0
-        self._header_len = -1
-        self._head_bytes = 0
-        self._expect_continue = False
-        self._too_large = False
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
@@ -272,11 +263,11 @@ class HttpProtocol(asyncio.Protocol):
                     pass  # httptools rejects it
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
-
-    def on_headers_complete(self) -> None:
         if self._too_large:
-            self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
+            if not self._closing:
+                self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
         elif self._expect_continue and self.transport is not None:
+            self._expect_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -295,14 +286,21 @@ class HttpProtocol(asyncio.Protocol):
         seq = self._seq
         self._seq += 1
         keep_alive = self.parser.should_keep_alive()
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._body = []
+        chunks = self._body
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         method = self.parser.get_method()
         url = self._url
+        header_len = self._header_len
+        # Reset per-message state here rather than in on_message_begin: one callback less per request.
+        self._url = b""
+        self._body = []
+        self._body_len = 0
+        self._header_len = -1
+        self._head_bytes = 0
         if method == b"POST":
             route = self.front.infer_route(url)
             if route is not None:
-                self._infer(seq, route, body, keep_alive)
+                self._infer(seq, route, body, header_len, keep_alive)
                 return
         try:
             data = self._handle_other(seq, method, url, body, keep_alive)
@@ -315,11 +313,11 @@ class HttpProtocol(asyncio.Protocol):
             self._write_in_order(seq, data, not keep_alive)
 
     # ---- inference -------------------------------------------------------------------------
-    def _infer(self, seq: int, route: tuple[str, str], body: bytes, keep_alive: bool) -> None:
+    def _infer(self, seq: int, route: tuple[str, str], body: bytes, header_len: int, keep_alive: bool) -> None:
         try:
-            if self._header_len == -2:
+            if header_len == -2:
                 raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
-            req: InferRequest = decode_infer(body, self._header_len, route[0], route[1])
+            req: InferRequest = decode_infer(body, header_len, route[0], route[1])
             call = _Call(self, seq, req.binary_outputs, keep_alive)
             self._tickets[seq] = self._dataplane.submit(req, call.done)
         except GatewayError as err:
