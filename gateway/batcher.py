@@ -86,7 +86,8 @@ class Batcher:
                                 config.release_on_deadline)
         self.in_flight = 0
         self.compute_estimate_s = 0.0
-        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None  # a flush on the next loop pass
+        self._timer: asyncio.TimerHandle | None = None  # a flush when a delay or deadline comes due
         self._accepting = True
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._all_outputs = signature.output_names
@@ -128,13 +129,18 @@ class Batcher:
             ticket = Pending(request, request.inputs, rows, now, deadline, done, key)
             q.add(ticket)
         self.stats.queue_rows = q.rows
-        if self._handle is None and self.in_flight < self.backend.capacity:
-            self._handle = self.loop.call_soon(self._flush)
+        # Always look on the next pass (deduplicated): a new request may fill a batch or carry an
+        # earlier deadline than the armed timer.
+        if self._soon is None and self.in_flight < self.backend.capacity:
+            self._soon = self.loop.call_soon(self._flush)
         return ticket
 
     # ---- the driver ------------------------------------------------------------------------
     def _flush(self) -> None:
-        self._handle = None
+        self._soon = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         q = self.queue
         now = self.clock()
         for p in q.expire(now):
@@ -151,12 +157,12 @@ class Batcher:
         self.stats.queue_rows = q.rows
         if self.in_flight < self.backend.capacity:
             wake = q.wake_at(now, self.compute_estimate_s)
-            if wake is not None and self._handle is None:
+            if wake is not None and self._soon is None:
                 delta = wake - now
                 if delta > 0.002:
-                    self._handle = self.loop.call_later(delta - 0.001, self._flush)
+                    self._timer = self.loop.call_later(delta - 0.001, self._flush)
                 else:
-                    self._handle = self.loop.call_soon(self._flush)
+                    self._soon = self.loop.call_soon(self._flush)
         if not q.rows and not self.in_flight and self._idle_waiters:
             for w in self._idle_waiters:
                 if not w.done():
@@ -169,8 +175,8 @@ class Batcher:
             feeds = items[0].inputs
         else:
             feeds = {}
+            rows = sum(p.rows for p in items)
             for name, first in items[0].inputs.items():
-                rows = sum(p.rows for p in items)
                 out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
                 pack_rows([p.inputs[name] for p in items], out)
                 feeds[name] = out
@@ -192,8 +198,8 @@ class Batcher:
         if err is not None and not isinstance(err, GatewayError):
             err = GatewayError(Code.INTERNAL, f"model '{self.name}' failed: {err}")
         self._complete(items, outputs, err, t0, t1)  # type: ignore[arg-type]
-        if self._handle is None:
-            self._handle = self.loop.call_soon(self._flush)
+        if self._soon is None:
+            self._soon = self.loop.call_soon(self._flush)
 
     def _complete(self, items: list[Pending], outputs: Outputs | None, err: GatewayError | None,
                   t0: float, t1: float) -> None:
@@ -255,6 +261,6 @@ class Batcher:
             return
         fut: asyncio.Future[None] = self.loop.create_future()
         self._idle_waiters.append(fut)
-        if self._handle is None:
-            self._handle = self.loop.call_soon(self._flush)
+        if self._soon is None:
+            self._soon = self.loop.call_soon(self._flush)
         await fut
