@@ -88,7 +88,7 @@ class BatchQueue:
         removed: list[Pending] = []
         for key in list(self.buckets):
             q = self.buckets[key]
-            keep = deque()
+            keep: deque[Pending] = deque()
             for p in q:
                 if pred(p):
                     removed.append(p)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import __version__
-from gateway.batcher import Ticket
+from gateway.batcher import SplitGroup, Ticket
 from gateway.errors import Code, GatewayError, not_found
 from gateway.registry import ModelRegistry, ModelVersion
 from gateway.route import Router
@@ -86,7 +86,7 @@ class DataPlane:
     def resolve(self, request: InferRequest) -> ModelVersion:
         return self.router.resolve(request)
 
-    def submit(self, request: InferRequest, done: DoneCallback) -> Ticket:
+    def submit(self, request: InferRequest, done: DoneCallback) -> Ticket | SplitGroup:
         """Queue a request; ``done`` is called exactly once, on the loop thread, unless cancelled.
 
         Validation errors raise ``GatewayError`` synchronously (nothing queued). Calling

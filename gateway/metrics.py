@@ -10,7 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from gateway.registry import ModelRegistry
@@ -21,7 +26,7 @@ class GatewayCollector(Collector):
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
         requests = CounterMetricFamily("gateway_requests", "Inference requests by outcome.",
                                        labels=[*labels, "outcome"])
@@ -38,7 +43,7 @@ class GatewayCollector(Collector):
         for mv in self.registry.versions():
             s = mv.stats
             lv = [mv.name, mv.version]
-            requests.add_metric([*lv, "success"], s.success.count)
+            requests.add_metric([*lv, "success"], s.success_count)
             for code, n in s.fail_by_code.items():
                 requests.add_metric([*lv, code.lower()], n)
             for stage in STAGES:

@@ -192,7 +192,7 @@ class ModelRegistry:
             self.errors.pop(name, None)
             for mv in built.values():
                 mv.ready = True
-            for v, mv in old.items():
+            for mv in old.values():
                 await self._retire(mv)
             log.info("model %s ready: versions %s", name, ", ".join(sorted(built, key=int)))
 

@@ -71,10 +71,10 @@ class ServerSettings:
             values.update(_checked(data, f"config file {config_file}"))
         env = os.environ if env is None else env
         env_values = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
+        for fld in fields(cls):
+            raw = env.get(ENV_PREFIX + fld.name.upper())
             if raw is not None:
-                env_values[f.name] = _parse_env(f.name, raw, type(getattr(cls(), f.name)))
+                env_values[fld.name] = _parse_env(fld.name, raw, type(getattr(cls(), fld.name)))
         values.update(env_values)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         settings = cls(**values)

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway._native.hist import Histogram, observe_arrivals
+from gateway._native.hist import BatchRecorder
 
 # Latency bucket upper bounds in seconds (Prometheus `le`), 50 µs .. 10 s.
 LATENCY_BUCKETS = (
@@ -89,65 +89,49 @@ class StatsSnapshot:
 
 
 class ModelStats:
-    """Accumulators for one model version. Mutated on the loop thread only."""
+    """Accumulators for one model version. Mutated on the loop thread only.
+
+    Successful batches go through one native call (``BatchRecorder.record``); failures, rarer,
+    stay in Python.
+    """
 
     def __init__(self) -> None:
-        self.success = Duration()
+        self.rec = BatchRecorder(LATENCY_BUCKETS, BATCH_BUCKETS)
         self.fail = Duration()
-        self.queue = Duration()
-        self.compute_input = Duration()
-        self.compute_infer = Duration()
-        self.compute_output = Duration()
-        self.inference_count = 0
-        self.execution_count = 0
-        self.last_inference_ms = 0
-        self.batch_stats: dict[int, BatchStat] = {}
         self.fail_by_code: dict[str, int] = {}
-        self.latency = {stage: Histogram(LATENCY_BUCKETS) for stage in STAGES}
-        self.batch_rows = Histogram(BATCH_BUCKETS)
+        self.latency = {"queue": self.rec.queue, "pack": self.rec.pack, "compute": self.rec.compute,
+                        "scatter": self.rec.scatter, "total": self.rec.total}
+        self.batch_rows = self.rec.rows
         self.release = dict.fromkeys(RELEASE_REASONS, 0)
         self.queue_rows = 0  # gauge, set by the batcher
+        self.last_inference_ms = 0
 
     def record_batch(self, items: list, rows: int, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
         """One executed batch. ``items`` carry ``arrival``; t0 pack start, t1 compute start, t2 compute
         end, t3 scatter end, t4 callbacks done (seconds, the batcher's clock)."""
-        ns = 1_000_000_000
-        requests = len(items)
-        lat = self.latency
-        queue_s, total_s = observe_arrivals(items, t0, t4, lat["queue"], lat["total"])
-        pack_ns, compute_ns, scatter_ns = int((t1 - t0) * ns), int((t2 - t1) * ns), int((t3 - t2) * ns)
-        self.success.add(requests, int(total_s * ns))
-        self.queue.add(requests, int(queue_s * ns))
-        # Triton charges every request of a batch the batch's compute times.
-        self.compute_input.add(requests, pack_ns * requests)
-        self.compute_infer.add(requests, compute_ns * requests)
-        self.compute_output.add(requests, scatter_ns * requests)
-        self.inference_count += rows
-        self.execution_count += 1
+        self.rec.record(items, rows, t0, t1, t2, t3, t4)
         self.last_inference_ms = int(time.time() * 1000)
-        b = self.batch_stats.get(rows)
-        if b is None:
-            b = self.batch_stats[rows] = BatchStat()
-        b.compute_input.add(1, pack_ns)
-        b.compute_infer.add(1, compute_ns)
-        b.compute_output.add(1, scatter_ns)
-        lat["pack"].observe(t1 - t0)
-        lat["compute"].observe(t2 - t1)
-        lat["scatter"].observe(t3 - t2)
-        self.batch_rows.observe(rows)
+
+    @property
+    def execution_count(self) -> int:
+        return self.rec.execution_count
+
+    @property
+    def success_count(self) -> int:
+        return self.rec.success_count
 
     def record_failures(self, code: str, n: int, total_ns: int = 0) -> None:
         self.fail.add(n, total_ns)
         self.fail_by_code[code] = self.fail_by_code.get(code, 0) + n
 
     def snapshot(self) -> StatsSnapshot:
-        def d(x: Duration) -> Duration:
-            return Duration(x.count, x.ns)
-
+        r = self.rec
         return StatsSnapshot(
-            d(self.success), d(self.fail), d(self.queue), d(self.compute_input), d(self.compute_infer),
-            d(self.compute_output), self.inference_count, self.execution_count, self.last_inference_ms,
-            {k: BatchStat(d(v.compute_input), d(v.compute_infer), d(v.compute_output))
-             for k, v in self.batch_stats.items()},
+            Duration(r.success_count, r.success_ns), Duration(self.fail.count, self.fail.ns),
+            Duration(r.queue_count, r.queue_ns), Duration(r.input_count, r.input_ns),
+            Duration(r.infer_count, r.infer_ns), Duration(r.output_count, r.output_ns),
+            r.inference_count, r.execution_count, self.last_inference_ms,
+            {k: BatchStat(Duration(v[0], v[1]), Duration(v[0], v[2]), Duration(v[0], v[3]))
+             for k, v in r.batch_sizes.items()},
             dict(self.fail_by_code),
         )

@@ -20,7 +20,7 @@ from gateway.settings import ServerSettings
 
 class ServerThread:
     def __init__(self, repository: str | Path | None = None, loop: str = "uvloop", **overrides: Any) -> None:
-        base = {"http_port": 0, "grpc_port": 0, "loop": loop}
+        base: dict[str, Any] = {"http_port": 0, "grpc_port": 0, "loop": loop}
         if repository is None:
             base["demo"] = True
         else:

@@ -3,7 +3,8 @@
 This is the gRPC front's hot path, so it stays lean: raw tensor contents become numpy views
 over the request's bytes (``np.frombuffer``, no copy), lookups go through module-level tables,
 and nothing here allocates per element except BYTES tensors, whose elements are Python
-``bytes`` by definition.
+``bytes`` by definition (split and joined by the compiled ``gateway._native.bytestensor``,
+the same kernel the HTTP binary extension uses).
 
 Malformed tensors are refused here, before the core sees them, with INVALID_ARGUMENT naming
 the input: an unknown datatype, a negative dimension, raw contents whose size does not match
@@ -15,12 +16,12 @@ fit the model is the core's check (``DataPlane.submit``).
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import invalid
 from gateway.grpc_gen import grpc_service_pb2 as pb
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
@@ -43,47 +44,10 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 
 _NARROW = frozenset(("INT8", "INT16", "UINT8", "UINT16"))
-_U32 = struct.Struct("<I")
 _ModelInferResponse = pb.ModelInferResponse
 # numpy dtype -> datatype name, filled on first sight of each dtype (a dict hit is cheaper
 # than numpy_to_datatype's string work on every output of every response).
 _DATATYPE_OF: dict[np.dtype, str] = {}
-
-
-# ---- BYTES tensors: elements prefixed by a 4-byte little-endian length ----------------------
-
-def decode_bytes_tensor(buf: bytes, count: int) -> np.ndarray:
-    """Split a length-prefixed buffer into an object array of ``count`` bytes elements.
-
-    Raises ValueError when the buffer is truncated or has bytes left over.
-    """
-    out = np.empty(count, dtype=object)
-    end = len(buf)
-    off = 0
-    unpack = _U32.unpack_from
-    for i in range(count):
-        if off + 4 > end:
-            raise ValueError(f"truncated: element {i} of {count} has no length prefix")
-        (n,) = unpack(buf, off)
-        off += 4
-        if off + n > end:
-            raise ValueError(f"truncated: element {i} declares {n} bytes, {end - off} left")
-        out[i] = buf[off : off + n]
-        off += n
-    if off != end:
-        raise ValueError(f"{end - off} bytes left after {count} elements")
-    return out
-
-
-def encode_bytes_tensor(arr: np.ndarray) -> bytes:
-    """Length-prefix every element (row-major); str elements are UTF-8 encoded."""
-    parts: list[bytes] = []
-    pack = _U32.pack
-    for x in arr.flat:
-        b = x if isinstance(x, bytes) else (x.encode() if isinstance(x, str) else str(x).encode())
-        parts.append(pack(len(b)))
-        parts.append(b)
-    return b"".join(parts)
 
 
 # ---- parameters -----------------------------------------------------------------------------

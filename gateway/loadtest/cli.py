@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-rps", type=float, default=100_000.0)
     sw.add_argument("--factor", type=float, default=1.5, help="rate multiplier between ramp steps")
     sw.add_argument("--refine", type=int, default=3, help="bisection steps between last pass and first fail")
+    sw.add_argument("--retries", type=int, default=0, help="re-measure a failing step up to N times "
+                    "(noisy shared hosts)")
     sw.add_argument("--step-duration", type=float, default=5.0)
     sw.add_argument("--cooldown", type=float, default=1.0, help="pause between steps (server drains)")
     sw.add_argument("--target-rps", type=float, help="plan replicas for this total rate")
@@ -247,7 +249,7 @@ def _cmd_sweep(args: argparse.Namespace, display: Quiet) -> int:
                       f"errors {s['error_rate']:.2%}  {verdict}")
 
     res = find_knee(measure, slo, start_rps=args.start_rps, max_rps=args.max_rps, factor=args.factor,
-                    refine=args.refine, on_step=on_step)
+                    refine=args.refine, retries=args.retries, on_step=on_step)
     result = _envelope(SCHEMA_SWEEP, args, target, {"step_duration_s": args.step_duration, "procs": args.procs,
                                                     "arrivals": args.arrivals, "batch": reqs.batch_rows})
     result["sweep"] = res.to_dict()

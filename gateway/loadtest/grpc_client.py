@@ -50,7 +50,7 @@ def _code(exc: grpc.aio.AioRpcError) -> int:
 
 class GrpcOpenLoop:
     def __init__(self, host: str, port: int, payloads: Sequence[bytes],
-                 metadata: Sequence[tuple[tuple[str, str], ...]], choice: np.ndarray, intended: np.ndarray,
+                 metadata: Sequence[tuple[tuple[str, str], ...]], choice: np.ndarray, intended: Sequence[float],
                  rec: Recorder, clock: Callable[[], float], *, start: float, channels: int,
                  max_in_flight: int, timeout: float, late_s: float) -> None:
         self.ch = _Channels(host, port, channels)

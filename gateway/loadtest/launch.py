@@ -109,7 +109,7 @@ def run_load(spec: RunSpec, reqs: RequestSet, on_tick: Ticker | None = None) -> 
 
 
 def _run_procs(spec: RunSpec, reqs: RequestSet, on_tick: Ticker | None) -> list[dict[str, Any]]:
-    ctx = mp.get_context("spawn" if spec.target.is_grpc else "fork")
+    ctx: Any = mp.get_context("spawn" if spec.target.is_grpc else "fork")
     ready_q, result_q, tick_q = ctx.Queue(), ctx.Queue(), ctx.Queue(maxsize=10_000)
     go, start_at = ctx.Event(), ctx.Value("d", 0.0)
     procs = [ctx.Process(target=_child, args=(spec, reqs, k, ready_q, go, start_at, result_q, tick_q),

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 __all__ = ["Quiet", "LiveDisplay", "summary_table"]
@@ -34,7 +34,7 @@ class LiveDisplay(Quiet):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress: Progress | None = None
-        self.task = None
+        self.task: TaskID | None = None
         self.snaps: dict[int, dict[str, Any]] = {}
 
     def start(self, label: str, seconds: float) -> None:

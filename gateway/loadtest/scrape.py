@@ -107,7 +107,9 @@ def diff(before: dict[str, Any], after: dict[str, Any], limit: int = 200) -> dic
     res: dict[str, Any] = {"metrics_delta": None, "metrics_avg": None, "stats": None}
     mb, ma = before.get("metrics"), after.get("metrics")
     if mb is not None and ma is not None:
-        delta = {k: v - mb.get(k, 0.0) for k, v in ma.items() if v != mb.get(k, 0.0)}
+        # Histogram buckets are left out: their _sum/_count averages say more in less space.
+        delta = {k: v - mb.get(k, 0.0) for k, v in ma.items()
+                 if v != mb.get(k, 0.0) and "_bucket{" not in k and not k.endswith("_bucket")}
         res["metrics_delta"] = dict(sorted(delta.items())[:limit])
         avgs = {}
         for k, dsum in delta.items():

@@ -37,6 +37,7 @@ class Step:
     reasons: list[str]
     summary: dict[str, Any] = field(repr=False)
     phase: str = "ramp"  # "ramp" or "refine"
+    attempts: int = 1
 
 
 @dataclass(slots=True)
@@ -52,6 +53,7 @@ class SweepResult:
         return {"slo": asdict(self.slo), "knee_rps": self.knee_rps, "knee_achieved_rps": self.knee_achieved_rps,
                 "bracket": list(self.bracket), "warnings": self.warnings,
                 "steps": [{"rate": s.rate, "passed": s.passed, "reasons": s.reasons, "phase": s.phase,
+                           "attempts": s.attempts,
                            "summary": s.summary} for s in self.steps]}
 
 
@@ -72,13 +74,21 @@ def judge(rate: float, summary: dict[str, Any], slo: Slo) -> Step:
 
 
 def find_knee(measure: Callable[[float], dict[str, Any]], slo: Slo, *, start_rps: float, max_rps: float,
-              factor: float = 1.5, refine: int = 3, on_step: Callable[[Step], None] | None = None) -> SweepResult:
+              factor: float = 1.5, refine: int = 3, retries: int = 0,
+              on_step: Callable[[Step], None] | None = None) -> SweepResult:
+    """Ramp, then bisect. ``retries`` re-measures a failing step (a host shared with other load can
+    stall a run for reasons that are not the server's); the step passes if any attempt passes, and
+    ``attempts`` records how many it took."""
     if start_rps <= 0 or factor <= 1 or max_rps < start_rps:
         raise ValueError("need 0 < start_rps <= max_rps and factor > 1")
     steps: list[Step] = []
 
     def run(rate: float, phase: str) -> Step:
-        step = judge(rate, measure(rate), slo)
+        for attempt in range(1 + max(0, retries)):
+            step = judge(rate, measure(rate), slo)
+            step.attempts = attempt + 1
+            if step.passed:
+                break
         step.phase = phase
         steps.append(step)
         if on_step:

@@ -281,10 +281,10 @@ def build_request_set(target: Target, info: ModelInfo, samples: Sequence[Mapping
         prios = [int(levels[i]) for i in rng.choice(len(levels), size=n, p=w / w.sum())]
     encoded: dict[tuple[int, int | None], tuple[bytes, int]] = {}
     payloads, metas = [], []
-    batch_rows = 1
+    first = next(iter(samples[0].values()), None) if samples else None
+    batch_rows = int(first.shape[0]) if first is not None and first.ndim else 1
     for v in range(n):
         sample = samples[v % len(samples)]
-        batch_rows = next(iter(sample.values())).shape[0] if sample and next(iter(sample.values())).ndim else 1
         hdrs = list(var.headers)
         if var.routing_keys:
             hdrs.append((var.routing_header, f"key-{v % var.routing_keys}"))
