@@ -45,8 +45,8 @@ def identity_model(datatype: str, width: int = 4) -> onnx.ModelProto:
 
 def multi_dtype_model() -> onnx.ModelProto:
     """Three inputs of different dtypes, three outputs: F = 2*A (FP32), N = B + 1 (INT64), S = C (BYTES)."""
-    from onnx import numpy_helper
     import numpy as np
+    from onnx import numpy_helper
 
     inits = [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two"),
              numpy_helper.from_array(np.array(1, dtype=np.int64), "one")]
@@ -77,8 +77,8 @@ def static_model() -> onnx.ModelProto:
 
 def rowsum_model() -> onnx.ModelProto:
     """Variable inner dimension: INPUT0 FP32 [batch, n] -> OUTPUT0 [batch, 1] = row sums (shape buckets)."""
-    from onnx import numpy_helper
     import numpy as np
+    from onnx import numpy_helper
 
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64), "axes")
     graph = helper.make_graph(
