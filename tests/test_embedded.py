@@ -57,3 +57,30 @@ def test_cancelled_caller_is_never_computed(tmp_path: Path) -> None:
             assert stats["execution_count"] == 0 and stats["inference_stats"]["success"]["count"] == 0
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_thread_execution_with_two_instances(tmp_path: Path, loop_kind: str) -> None:
+    """execution = "thread": batches run on a pool, up to `instances` at once, results unchanged."""
+    from models import mlp_model, write_model
+
+    write_model(tmp_path, "pooled", 1, mlp_model(seed=5), 'execution = "thread"\ninstances = 2\n')
+    sess = ort.InferenceSession(str(tmp_path / "pooled" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    xs = [np.random.default_rng(i).standard_normal((int(i % 3) + 1, 64)).astype(np.float32) for i in range(120)]
+
+    async def main() -> None:
+        async with Gateway.from_repository(tmp_path) as gw:
+            mv = gw.registry.get("pooled")
+            assert not mv.backend.inline and mv.triton_config()["parameters"]["execution"]["string_value"] == "thread"
+            outs = await asyncio.gather(*(gw.infer("pooled", {"INPUT0": x}) for x in xs))
+            for x, out in zip(xs, outs, strict=True):
+                np.testing.assert_allclose(out["OUTPUT0"], sess.run(None, {"INPUT0": x})[0], rtol=1e-5, atol=1e-5)
+            stats = gw.dataplane.model_statistics("pooled")["model_stats"][0]
+            assert stats["inference_count"] == sum(x.shape[0] for x in xs)
+
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -81,3 +81,13 @@ def test_invalid_onnx_and_missing_versions(tmp_path: Path) -> None:
     (tmp_path / "badtoml" / "config.toml").write_text("max_batch_size = = 3")
     with pytest.raises(GatewayError, match="not valid TOML"):
         load(tmp_path, "badtoml")
+
+
+def test_cuda_requested_without_cuda_is_refused(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the refusal path does not apply")
+    write_model(tmp_path, "gpu", 1, mlp_model(1), 'device = "cuda"\n')
+    with pytest.raises(GatewayError, match="'device'.*onnxruntime-gpu"):
+        load(tmp_path, "gpu")

@@ -105,10 +105,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
             response = await self._dp.infer(decode_infer_request(request, deadline_us(context)))
+            return encode_infer_response(response)
         except GatewayError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
             raise
-        return encode_infer_response(response)
+        except Exception as exc:  # a bug must still reach the client as INTERNAL with a message
+            log.exception("ModelInfer failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+            raise
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
         await serve_stream(self._dp, request_iterator, context)
