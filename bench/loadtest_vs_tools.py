@@ -9,7 +9,7 @@ because it burns CPU is told apart from one that is slow because the server is.
   python bench/loadtest_vs_tools.py [--perf-analyzer PATH] [--seconds 5] [--concurrency 64]
 
 `gateway loadtest` is measured closed loop (same concurrency as the others) and open loop: the
-highest constant rate it sustains (answered >= 98% of intended, < 1% late sends, no errors).
+highest constant rate it sustains (answered >= 98% of intended, < 5% late sends, no errors).
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ def main() -> int:
     ap.add_argument("--perf-analyzer", default=os.environ.get("PERF_ANALYZER", ""))
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--procs", type=int, default=2)
-    ap.add_argument("--rates", default="20000,30000,40000,50000,60000,70000,80000")
+    ap.add_argument("--procs", type=int, default=2, help="generator processes for the closed loop")
+    ap.add_argument("--open-procs", type=int, default=1, help="generator processes for the open loop")
+    ap.add_argument("--rates", default="20000,30000,40000,50000,60000,70000,80000",
+                    help="open-loop rates tried in order until one is not sustained")
     a = ap.parse_args()
     port = free_port()
     server = subprocess.Popen([sys.executable, str(SHARED / "netlimit_server.py"), str(port)],
@@ -133,10 +135,10 @@ def main() -> int:
                                                    "--warmup", "1", "--procs", str(p)]))
         best = None
         for rate in [float(x) for x in a.rates.split(",")]:
-            r = record("gateway loadtest", f"open loop {rate:,.0f}/s, {a.procs} procs",
+            r = record("gateway loadtest", f"open loop {rate:,.0f}/s, {a.open_procs} proc",
                        lambda rate=rate: run_ours(port, ["--rate", str(rate), "-d", str(secs), "--warmup", "1",
-                                                         "--procs", str(a.procs)]))
-            ok = r["errors"] == 0 and r["rps"] >= 0.98 * r["intended"] and r["late"] < 0.01
+                                                         "--procs", str(a.open_procs)]))
+            ok = r["errors"] == 0 and r["rps"] >= 0.98 * r["intended"] and r["late"] < 0.05
             if not ok:
                 break
             best = (rate, r)
@@ -146,7 +148,7 @@ def main() -> int:
         for tool, mode, r, m in rows:
             print(f"| {tool} | {mode} | {r['rps']:,.0f} | {r['p99_ms']:.2f} | {m.client:.2f} | {m.server:.2f} |")
         if best:
-            print(f"\nHighest sustained open-loop rate of gateway loadtest ({a.procs} procs): {best[0]:,.0f} req/s "
+            print(f"\nHighest sustained open-loop rate of gateway loadtest ({a.open_procs} proc): {best[0]:,.0f} req/s "
                   f"(answered {best[1]['rps']:,.0f}/s, p99 {best[1]['p99_ms']:.2f} ms, late {best[1]['late']:.2%})")
     finally:
         server.kill()

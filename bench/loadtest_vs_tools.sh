@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the "load generator rate" table: gateway loadtest vs perf_analyzer vs wrk against the bare
 # netlimit server, load generator and server on the same cores.
-#   bench/loadtest_vs_tools.sh [SECONDS=5] [CONCURRENCY=64] [PROCS=2]
+#   bench/loadtest_vs_tools.sh [SECONDS=5] [CONCURRENCY=64] [PROCS=2] [OPEN_PROCS=1]
 # Needs wrk (apt-get install -y wrk); provisions perf_analyzer into .perf_analyzer/ unless PERF_ANALYZER is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,4 +12,4 @@ if [[ -z ${PERF_ANALYZER:-} ]]; then
 fi
 export PERF_ANALYZER
 echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-exec "$PY" bench/loadtest_vs_tools.py --seconds "${1:-5}" --concurrency "${2:-64}" --procs "${3:-2}"
+exec "$PY" bench/loadtest_vs_tools.py --seconds "${1:-5}" --concurrency "${2:-64}" --procs "${3:-2}" --open-procs "${4:-1}"

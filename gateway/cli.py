@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gateway import __version__
@@ -25,6 +26,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # numpy's OpenBLAS pool is never used on the request path, but its idle threads spin after
+    # any BLAS call and take CPU from the event loop and the kernel on small machines. Set before
+    # numpy is imported; an explicit setting in the environment wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "loadtest":
         from gateway.loadtest.cli import main as loadtest_main

@@ -15,7 +15,7 @@ import numpy as np
 import orjson
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
-from gateway._native.jsonnum import list_to_array
+from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
@@ -45,10 +45,17 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str) -> I
     offset = header_length
     tensors: dict[str, np.ndarray] = {}
     for i, inp in enumerate(inputs):
-        if not isinstance(inp, dict):
+        if type(inp) is not dict:
             raise invalid(f"inputs[{i}] must be an object")
-        arr, offset = _decode_input(inp, i, body, offset)
-        name = inp["name"]
+        try:
+            fast = json_tensor(inp)  # numeric JSON tensors in one native call
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise invalid(f"input '{inp.get('name')}': {exc}") from None
+        if fast is not None:
+            name, arr = fast
+        else:
+            arr, offset = _decode_input(inp, i, body, offset)
+            name = inp["name"]
         if name in tensors:
             raise invalid(f"input '{name}' appears twice")
         tensors[name] = arr

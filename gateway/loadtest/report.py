@@ -46,7 +46,8 @@ def plot_latency_over_time(path: Path, intervals: Sequence[dict[str, Any]], titl
     ax2.plot(t, [r["intended_rps"] for r in rows], "--", color="grey", label="offered req/s")
     ax2.plot(t, [r["achieved_rps"] for r in rows], "-", color="black", alpha=0.5, label="answered req/s")
     ax2.set_ylabel("requests/s")
-    ax2.set_ylim(bottom=0)
+    top = max([r["intended_rps"] for r in rows] + [r["achieved_rps"] for r in rows] + [1.0])
+    ax2.set_ylim(0, top * 1.15)  # keep the rate lines off the frame
     for x, label in marks:
         ax.axvline(x, color="lightgrey", lw=0.8)
         ax.text(x, ax.get_ylim()[1], label, fontsize=7, rotation=90, va="top", ha="right", color="grey")

@@ -7,10 +7,10 @@ answers ~11k req/s to a lighter client). With 64-row requests the gateway's comp
 both tools see the gateway's throughput. perf_analyzer counts rows ("infer/sec" = requests x batch),
 so its figure is divided by the batch.
 
-Needs a perf_analyzer binary: set PERF_ANALYZER (``/work/shared/bench/get_perf_analyzer.sh DIR`` provisions
-one and prints its path). Skipped otherwise. Both tools drive ``gateway serve --demo`` (model "mlp",
-INPUT0 FP32 [-1,64]) at the same concurrency with HTTP binary-tensor requests of batch 1 (what
-perf_analyzer sends over HTTP by default), one after the other on a warm server.
+Needs a perf_analyzer binary: set PERF_ANALYZER (``../shared/bench/get_perf_analyzer.sh DIR`` provisions
+one and prints its path; .ci/run does). Skipped otherwise. Both tools drive ``gateway serve`` (model
+"mlp", INPUT0 FP32 [-1,64]) at the same concurrency with HTTP binary-tensor requests of 64 rows, one
+after the other on a warm server.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from gateway.loadtest.cli import main
 
 PA = os.environ.get("PERF_ANALYZER", "")
 REPO = Path(__file__).resolve().parents[2]
-CONCURRENCY = 4
+CONCURRENCY = 2
 BATCH = 64
 
 pytestmark = pytest.mark.skipif(not PA or not os.access(PA, os.X_OK), reason="set PERF_ANALYZER to a perf_analyzer")
@@ -44,9 +44,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def gateway_http_port():
+def gateway_http_port(tmp_path: Path):
+    import onnx
+
+    from gateway.demo import mlp_model
+
+    (tmp_path / "mlp" / "1").mkdir(parents=True)
+    onnx.save(mlp_model(seed=1, sizes=(64, 1024, 1024, 10)), str(tmp_path / "mlp" / "1" / "model.onnx"))
     http, grpc = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http),
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--model-repository", str(tmp_path),
+                             "--http-port", str(http),
                              "--grpc-port", str(grpc), "--log-level", "WARNING"], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
