@@ -8,6 +8,7 @@ shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit 0).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import tempfile
@@ -80,6 +81,12 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
 async def _main(settings: ServerSettings) -> int:
     app = App(settings)
     await app.start()
+    # Everything loaded so far (models, sessions, modules) lives for the whole process: move it
+    # out of the collector's sight, and collect the young generation less often. The request path
+    # allocates many short-lived containers; a gen-0 pass every 700 of them showed in profiles.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "GRPCInferenceService"
 
 
-def _load_setup():  # setup.py holds the one codegen recipe; import it rather than copy it
-    spec = importlib.util.spec_from_file_location("_gateway_setup", ROOT / "setup.py")
+def _load_codegen():  # proto/codegen.py holds the one codegen recipe (setup.py runs it too)
+    spec = importlib.util.spec_from_file_location("_gateway_codegen", ROOT / "proto" / "codegen.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -33,13 +33,13 @@ def _load_setup():  # setup.py holds the one codegen recipe; import it rather th
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    _load_setup().generate_protos(tmp_path)
+    _load_codegen().generate_protos(ROOT / "proto", tmp_path)
     gen = ROOT / "gateway" / "grpc_gen"
     fresh = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
     current = {p.name: p.read_text() for p in gen.iterdir() if p.is_file()}
     assert sorted(fresh) == sorted(current), "gateway/grpc_gen has other files than proto/ produces"
     stale = [name for name in fresh if fresh[name] != current[name]]
-    assert not stale, f"gateway/grpc_gen is stale ({', '.join(stale)}): run `python setup.py --protos-only`"
+    assert not stale, f"gateway/grpc_gen is stale ({', '.join(stale)}): run `python proto/codegen.py`"
 
 
 def _field_signature(f: FieldDescriptor) -> tuple:

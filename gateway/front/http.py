@@ -89,6 +89,12 @@ class _Call:
                 else:
                     data = b"".join((_OK_200, _BIN_CL, str(hlen).encode(), b"\r\ncontent-length: ",
                                      str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
+        if self.seq == proto._next_write and self.keep_alive and not proto._parked and not proto._paused:
+            t = proto.transport  # in-order fast path: nothing parked ahead of this answer
+            if t is not None and not t.is_closing():
+                t.write(data)
+                proto._next_write = self.seq + 1
+            return
         proto._write_in_order(self.seq, data, not self.keep_alive)
 
 
@@ -162,12 +168,13 @@ class HttpFront:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("front", "transport", "parser", "_url", "_body", "_body_len", "_header_len", "_head_bytes",
                  "_expect_continue", "_too_large", "_seq", "_next_write", "_parked", "_tickets", "_closing",
-                 "_paused", "last_active", "_dataplane", "_max_body")
+                 "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self._dataplane = front.dataplane
         self._max_body = front.settings.max_body_bytes
+        self._max_pipelined = front.settings.max_pipelined_requests
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -298,9 +305,19 @@ class HttpProtocol(asyncio.Protocol):
         self._header_len = -1
         self._head_bytes = 0
         if method == b"POST":
-            route = self.front.infer_route(url)
+            route = self.front.infer_routes.get(url) or self.front.infer_route(url)
             if route is not None:
-                self._infer(seq, route, body, header_len, keep_alive)
+                try:
+                    if header_len == -2:
+                        raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
+                    req: InferRequest = decode_infer(body, header_len, route[0], route[1])
+                    call = _Call(self, seq, req.binary_outputs, keep_alive)
+                    self._tickets[seq] = self._dataplane.submit(req, call.done)
+                except GatewayError as err:
+                    self._write_in_order(seq, error_response(err, not keep_alive), not keep_alive)
+                    return
+                if len(self._tickets) >= self._max_pipelined:
+                    self._pause_reading()
                 return
         try:
             data = self._handle_other(seq, method, url, body, keep_alive)
@@ -311,20 +328,6 @@ class HttpProtocol(asyncio.Protocol):
             data = error_response(GatewayError(Code.INTERNAL, f"internal error: {exc}"), not keep_alive)
         if data is not None:
             self._write_in_order(seq, data, not keep_alive)
-
-    # ---- inference -------------------------------------------------------------------------
-    def _infer(self, seq: int, route: tuple[str, str], body: bytes, header_len: int, keep_alive: bool) -> None:
-        try:
-            if header_len == -2:
-                raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
-            req: InferRequest = decode_infer(body, header_len, route[0], route[1])
-            call = _Call(self, seq, req.binary_outputs, keep_alive)
-            self._tickets[seq] = self._dataplane.submit(req, call.done)
-        except GatewayError as err:
-            self._write_in_order(seq, error_response(err, not keep_alive), not keep_alive)
-            return
-        if len(self._tickets) >= self.front.settings.max_pipelined_requests:
-            self._pause_reading()
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         t = self.transport
@@ -348,7 +351,7 @@ class HttpProtocol(asyncio.Protocol):
             if nxt[1]:
                 t.close()
                 return
-        if self._paused and len(self._tickets) < self.front.settings.max_pipelined_requests // 2:
+        if self._paused and len(self._tickets) < self._max_pipelined // 2:
             self._resume_reading()
 
     # ---- everything else ---------------------------------------------------------------------
