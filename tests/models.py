@@ -1,13 +1,17 @@
-"""ONNX models generated for the tests (onnx helper API; nothing is downloaded)."""
+"""ONNX models generated for the tests (onnx helper API; nothing is downloaded), and the
+reference helpers the end-to-end tests compare against."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from gateway.demo import add_sub_model, mlp_model
+from gateway.types import DATATYPE_TO_NUMPY
 
 OPSET = 17
 
@@ -119,3 +123,24 @@ def build_test_repository(repo: Path) -> Path:
     for dt in ONNX_TYPES:
         write_model(repo, f"identity_{dt.lower()}", 1, identity_model(dt))
     return repo
+
+
+def reference(repo: Path, model: str, version: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The model's outputs from onnxruntime called directly: what the gateway must return."""
+    sess = ort.InferenceSession(str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Random values spanning the datatype's whole range (non-ASCII text for BYTES)."""
+    if datatype == "BYTES":
+        return np.array([f"s{rng.integers(1000)}-é".encode() for _ in range(int(np.prod(shape)))],
+                        dtype=object).reshape(shape)
+    if datatype == "BOOL":
+        return rng.integers(0, 2, shape).astype(bool)
+    dtype = DATATYPE_TO_NUMPY[datatype]
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)

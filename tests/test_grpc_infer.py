@@ -10,10 +10,10 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+from models import random_array, reference
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -22,25 +22,6 @@ from gateway.testing import ServerThread
 from gateway.types import DATATYPE_TO_NUMPY
 
 ALL_TYPES = list(DATATYPE_TO_NUMPY)
-
-
-def reference(repo: Path, model: str, version: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
-def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.array([f"s{rng.integers(1000)}-é".encode() for _ in range(int(np.prod(shape)))],
-                        dtype=object).reshape(shape)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    dtype = DATATYPE_TO_NUMPY[datatype]
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
 
 
 def make_input(name: str, arr: np.ndarray, datatype: str) -> grpcclient.InferInput:

@@ -8,21 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
+from models import random_array, reference
 
 from gateway.testing import ServerThread
-from gateway.types import DATATYPE_TO_NUMPY
 
 ALL_TYPES = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32",
              "FP64", "BYTES"]
-
-
-def reference(repo: Path, model: str, version: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(repo / model / version / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 def client(server: ServerThread) -> httpclient.InferenceServerClient:
@@ -33,19 +26,6 @@ def make_input(name: str, arr: np.ndarray, datatype: str, binary: bool) -> httpc
     inp = httpclient.InferInput(name, list(arr.shape), datatype)
     inp.set_data_from_numpy(arr, binary_data=binary)
     return inp
-
-
-def random_array(datatype: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    if datatype == "BYTES":
-        return np.array([f"s{rng.integers(1000)}-é".encode() for _ in range(int(np.prod(shape)))],
-                        dtype=object).reshape(shape)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    dtype = DATATYPE_TO_NUMPY[datatype]
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
 
 
 def as_bytes(v: object) -> bytes:
