@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import tempfile
 from pathlib import Path
@@ -108,6 +109,13 @@ async def _main(settings: ServerSettings) -> int:
 
 
 def serve(settings: ServerSettings) -> int:
+    if settings.workers > 1:
+        return _serve_workers(settings)
+    return _serve_one(settings)
+
+
+def _serve_one(settings: ServerSettings) -> int:
+    """One server process (a worker too: its settings keep ``workers`` so it binds with SO_REUSEPORT)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = new_event_loop(settings.loop)
@@ -116,3 +124,27 @@ def serve(settings: ServerSettings) -> int:
         return loop.run_until_complete(_main(settings))
     finally:
         loop.close()
+
+
+def _serve_workers(settings: ServerSettings) -> int:
+    """Run ``workers`` independent server processes on the same ports (SO_REUSEPORT; the kernel
+    spreads connections). Replicas share nothing, so this is the one-host form of scaling out.
+    SIGTERM/SIGINT are forwarded; each worker drains its own in-flight requests."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_serve_one, args=(settings,), name=f"gateway-worker-{i}")
+             for i in range(settings.workers)]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for p in procs:
+        p.join()
+    return 0 if all(p.exitcode == 0 for p in procs) else 1

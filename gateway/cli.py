@@ -22,6 +22,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="server settings file (TOML)")
     p.add_argument("--max-body-bytes", type=int, help="largest HTTP body accepted (413 past it)")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
+    p.add_argument("--workers", type=int, help="server processes sharing the ports via SO_REUSEPORT (default 1)")
     p.add_argument("--log-level", help="logging level (default INFO)")
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {
             "model_repository": args.model_repository, "demo": args.demo, "host": args.host,
             "http_port": args.http_port, "grpc_port": args.grpc_port, "max_body_bytes": args.max_body_bytes,
-            "loop": args.loop, "log_level": args.log_level,
+            "loop": args.loop, "log_level": args.log_level, "workers": args.workers,
         }
         try:
             settings = ServerSettings.load(args.config, overrides=overrides)

@@ -54,6 +54,8 @@ class ServerSettings:
     """Python logging level name."""
     loop: str = "uvloop"
     """Event loop: uvloop or asyncio."""
+    workers: int = 1
+    """Server processes sharing the ports (SO_REUSEPORT); each loads its own models. >1 needs fixed ports."""
 
     @classmethod
     def load(
@@ -92,6 +94,10 @@ class ServerSettings:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
             raise ValueError(f"setting grpc_port out of range: {self.grpc_port}")
+        if self.workers < 1:
+            raise ValueError(f"setting workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):
+            raise ValueError("setting workers > 1 needs fixed ports (http_port and grpc_port not 0)")
         if self.loop not in ("uvloop", "asyncio"):
             raise ValueError(f"setting loop must be 'uvloop' or 'asyncio', got {self.loop!r}")
         if not self.demo and not self.model_repository:

@@ -60,3 +60,30 @@ def test_serve_demo_then_sigterm_drains_and_exits_zero() -> None:
 def test_cli_rejects_missing_repository() -> None:
     r = subprocess.run([sys.executable, "-m", "gateway", "serve"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "model repository" in r.stderr
+
+
+def test_workers_share_the_ports_and_stop_together() -> None:
+    http_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--workers", "2",
+                             "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_ready(http_port, proc)
+        end = time.time() + 90
+        children: list[str] = []
+        while time.time() < end and len(children) < 2:  # both workers up (each prints its banner)
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+            time.sleep(0.2)
+        assert len(children) >= 2
+        for _ in range(20):  # new connections each time: the kernel spreads them over the workers
+            body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/mlp", timeout=10).read()
+            assert json.loads(body)["name"] == "mlp"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        out = proc.stdout.read() if proc.stdout else ""
+        assert out.count("gateway ready") == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

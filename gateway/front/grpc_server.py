@@ -208,6 +208,8 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", min(10_000, int(settings.grpc_keepalive_time_s * 1000))),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Share the port only between our own workers; a second server started by mistake must fail.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
 
 

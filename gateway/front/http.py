@@ -118,7 +118,8 @@ class HttpFront:
             self.server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=2048)
         else:
             self.server = await loop.create_server(lambda: HttpProtocol(self), self.settings.host,
-                                                   self.settings.http_port, backlog=2048, reuse_address=True)
+                                                   self.settings.http_port, backlog=2048, reuse_address=True,
+                                                   reuse_port=self.settings.workers > 1)
         self.port = self.server.sockets[0].getsockname()[1]
         self._sweeper = loop.call_later(1.0, self._sweep)
 
