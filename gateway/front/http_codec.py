@@ -175,8 +175,53 @@ def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool) -> None:
         req.binary_outputs = frozenset(binary)
 
 
+# Byte fragments that repeat in every response, cached: the JSON fast path assembles a response
+# from them plus one orjson call per output array, instead of building and serialising dicts.
+_HEADS: dict[tuple[str, str], bytes] = {}
+_OUT_HEADS: dict[tuple[str, np.dtype], bytes] = {}
+_SHAPES: dict[tuple[int, ...], bytes] = {}
+
+
+def _encode_json_fast(resp: InferResponse) -> bytes | None:
+    head = _HEADS.get((resp.model_name, resp.model_version))
+    if head is None:
+        if len(_HEADS) > 4096:
+            _HEADS.clear()
+        head = _HEADS[(resp.model_name, resp.model_version)] = _dumps(
+            {"model_name": resp.model_name, "model_version": resp.model_version})[:-1]
+    parts = [head]
+    if resp.id:
+        parts += [b',"id":', _dumps(resp.id)]
+    parts.append(b',"outputs":[')
+    first = True
+    for name, arr in resp.outputs.items():
+        key = (name, arr.dtype)  # the dtype object hashes fast; dtype.str builds a string
+        out_head = _OUT_HEADS.get(key)
+        if out_head is None:
+            datatype = numpy_to_datatype(arr.dtype)
+            if datatype == "BYTES" or len(_OUT_HEADS) > 4096:
+                return None
+            out_head = _OUT_HEADS[key] = _dumps({"name": name, "datatype": datatype})[:-1] + b',"shape":'
+        shape = arr.shape
+        shape_bytes = _SHAPES.get(shape)
+        if shape_bytes is None:
+            if len(_SHAPES) > 4096:
+                _SHAPES.clear()
+            shape_bytes = _SHAPES[shape] = _dumps(shape)
+        if not first:
+            parts.append(b",")
+        first = False
+        parts += [out_head, shape_bytes, b',"data":', _dumps(arr.ravel(), option=_NUMPY_OPT), b"}"]
+    parts.append(b"]}")
+    return b"".join(parts)
+
+
 def encode_infer(resp: InferResponse, binary: frozenset[str] | None) -> tuple[bytes, int]:
     """Serialise a response; returns (body, json header length or -1 when all JSON)."""
+    if binary is None:
+        fast = _encode_json_fast(resp)
+        if fast is not None:
+            return fast, -1
     outputs = []
     chunks: list[bytes] = []
     every = binary is not None and "*" in binary
