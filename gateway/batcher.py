@@ -99,7 +99,10 @@ class Batcher:
         return self._loop
 
     # ---- intake ----------------------------------------------------------------------------
-    def submit(self, request: InferRequest, done: Done) -> Ticket | SplitGroup:
+    def submit(self, request: InferRequest, done: Done, eager: bool = False) -> Ticket | SplitGroup:
+        """Queue a request. ``eager``: when the backend is idle, runs inline, nothing is queued and
+        no delay is configured, run it now instead of on the next loop pass; for callers whose
+        requests arrive one per loop pass (grpc.aio), waiting a pass only costs latency and CPU."""
         if not self._accepting:
             raise GatewayError(Code.UNAVAILABLE, f"model '{self.name}' version {self.version} is unloading")
         rows = check_request(self.sig, request)
@@ -129,6 +132,10 @@ class Batcher:
             ticket = Pending(request, request.inputs, rows, now, deadline, done, key)
             q.add(ticket)
         self.stats.queue_rows = q.rows
+        if (eager and q.rows == rows and self._soon is None and self._timer is None and not self.in_flight
+                and self.backend.inline and not self.queue.delay):
+            self._flush()
+            return ticket
         # Always look on the next pass (deduplicated): a new request may fill a batch or carry an
         # earlier deadline than the armed timer.
         if self._soon is None and self.in_flight < self.backend.capacity:

@@ -95,8 +95,9 @@ class DataPlane:
         mv = self.router.resolve(request)
         return mv.batcher.submit(request, done)
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work."""
+    async def infer(self, request: InferRequest, eager: bool = False) -> InferResponse:
+        """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work.
+        ``eager``: see ``Batcher.submit`` (the gRPC front sets it)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[InferResponse] = loop.create_future()
 
@@ -108,7 +109,7 @@ class DataPlane:
             else:
                 fut.set_result(resp)  # type: ignore[arg-type]
 
-        ticket = self.submit(request, done)
+        ticket = self.router.resolve(request).batcher.submit(request, done, eager)
         try:
             return await fut
         except asyncio.CancelledError:

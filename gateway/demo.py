@@ -63,6 +63,8 @@ def build_demo_repository(root: Path) -> Path:
     (root / "mlp" / "config.toml").write_text(
         '# Both versions are served; requests without a version go to the highest.\n'
         'version_policy = "all"\nmax_batch_size = 64\nmax_queue_delay_us = 0\n'
+        '# A 64-row batch takes ~0.2 ms: inline on the loop beats a thread hand-off (see README).\n'
+        'execution = "inline"\n'
     )
     _save(add_sub_model(), root / "add_sub" / "1" / "model.onnx")
     return root

@@ -192,3 +192,21 @@ def test_queue_bound_rejects_at_once() -> None:
         assert e.value.code is Code.RESOURCE_EXHAUSTED and e.value.retry_after_s == 1
 
     asyncio.run(main())
+
+
+def test_eager_submit_runs_at_once_only_when_idle() -> None:
+    async def main() -> None:
+        b, backend, _ = make()
+        c = Collector()
+        b.submit(req(1.0), c.cb(1.0), eager=True)
+        assert backend.batches == [1] and 1.0 in c.results  # computed inside submit, no loop pass
+        b.submit(req(2.0), c.cb(2.0))  # queued for the next pass...
+        b.submit(req(3.0), c.cb(3.0), eager=True)  # ...so this one joins it instead of jumping ahead
+        assert backend.batches == [1]
+        await passes()
+        assert backend.batches == [1, 2]
+        slow, slow_backend, _ = make(delay_us=1000)
+        slow.submit(req(4.0), Collector().cb(4.0), eager=True)  # a configured delay is honoured
+        assert slow_backend.batches == []
+
+    asyncio.run(main())

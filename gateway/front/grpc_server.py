@@ -104,7 +104,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         try:
-            response = await self._dp.infer(decode_infer_request(request, deadline_us(context)))
+            # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
+            response = await self._dp.infer(decode_infer_request(request, deadline_us(context)), eager=True)
             return encode_infer_response(response)
         except GatewayError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
