@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
+from models import random_array
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from gateway.errors import Code, GatewayError
@@ -26,18 +27,13 @@ ALL_TYPES = list(DATATYPE_TO_NUMPY)
 
 
 def sample(datatype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Like models.random_array, but BYTES elements are arbitrary (non-UTF-8) bytes of varied length."""
     rng = np.random.default_rng(seed)
     if datatype == "BYTES":
         n = int(np.prod(shape))
         return np.array([bytes(rng.integers(0, 256, i % 7, dtype=np.uint8)) for i in range(n)],
                         dtype=object).reshape(shape)
-    if datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    dtype = DATATYPE_TO_NUMPY[datatype]
-    if dtype.kind == "f":
-        return rng.standard_normal(shape).astype(dtype)
-    info = np.iinfo(dtype)
-    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    return random_array(datatype, shape, rng)
 
 
 def raw_of(arr: np.ndarray, datatype: str) -> bytes:
