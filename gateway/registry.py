@@ -1,7 +1,7 @@
 """Model repository: finds models on disk, loads, warms, serves and unloads their versions.
 
 Layout (Triton's): ``<repo>/<model>/<version>/model.onnx`` with optional
-``<repo>/<model>/config.toml``. A version is loaded and warmed (one inference per instance)
+``<repo>/<model>/config.toml`` and/or Triton's ``config.pbtxt`` (see ``triton_config``). A version is loaded and warmed (one inference per instance)
 before it reports ready; an unloaded version stops accepting, drains, then closes.
 State changes happen synchronously on the loop thread; the slow parts (session creation,
 warm-up) run in a worker thread so the loop keeps serving other models meanwhile.
@@ -22,6 +22,7 @@ from gateway.batcher import Batcher
 from gateway.errors import Code, GatewayError, not_found
 from gateway.model_config import ConfigError, ModelConfig, check_against_graph, parse_config, read_config_file
 from gateway.stats import ModelStats
+from gateway.triton_config import read_pbtxt
 from gateway.types import TensorSpec
 from gateway.validate import Signature
 
@@ -197,7 +198,7 @@ class ModelRegistry:
             log.info("model %s ready: versions %s", name, ", ".join(sorted(built, key=int)))
 
     def _build(self, name: str, model_dir: Path) -> dict[str, ModelVersion]:
-        raw = read_config_file(model_dir)
+        raw = {**read_pbtxt(model_dir), **read_config_file(model_dir)}  # config.toml wins
         cfg = parse_config(name, raw)
         on_disk = self._versions_on_disk(model_dir)
         if not on_disk:

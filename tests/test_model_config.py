@@ -91,3 +91,41 @@ def test_cuda_requested_without_cuda_is_refused(tmp_path: Path) -> None:
     write_model(tmp_path, "gpu", 1, mlp_model(1), 'device = "cuda"\n')
     with pytest.raises(GatewayError, match="'device'.*onnxruntime-gpu"):
         load(tmp_path, "gpu")
+
+
+TRITON_PBTXT = """
+name: "tmlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 64 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 300 }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+version_policy: { all { } }
+model_warmup [ { name: "w" batch_size: 1 } ]
+"""
+
+
+def test_triton_config_pbtxt_is_read(tmp_path: Path) -> None:
+    """An existing Triton repository serves unchanged; fields we do not model are skipped."""
+    write_model(tmp_path, "tmlp", 1, mlp_model(1))
+    write_model(tmp_path, "tmlp", 2, mlp_model(2))
+    (tmp_path / "tmlp" / "config.pbtxt").write_text(TRITON_PBTXT)
+    reg = load(tmp_path, "tmlp")
+    assert reg.version_labels("tmlp") == ["1", "2"]
+    cfg = reg.get("tmlp").config
+    assert (cfg.max_batch_size, cfg.preferred_batch_sizes, cfg.max_queue_delay_us, cfg.instances, cfg.device) == (
+        16, (4, 8), 300, 2, "cpu")
+    # config.toml, where present, wins field by field
+    (tmp_path / "tmlp" / "config.toml").write_text("max_batch_size = 32\n")
+    assert load(tmp_path, "tmlp").get("tmlp").config.max_batch_size == 32
+
+
+def test_bad_pbtxt_and_foreign_platform_are_refused(tmp_path: Path) -> None:
+    write_model(tmp_path, "bad", 1, mlp_model(1))
+    (tmp_path / "bad" / "config.pbtxt").write_text("max_batch_size: [[[")
+    with pytest.raises(GatewayError, match="not a valid Triton model config"):
+        load(tmp_path, "bad")
+    (tmp_path / "bad" / "config.pbtxt").write_text('platform: "tensorrt_plan"\n')
+    with pytest.raises(GatewayError, match="only ONNX"):
+        load(tmp_path, "bad")
