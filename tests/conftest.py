@@ -29,6 +29,18 @@ def loop_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def server(repo: Path, loop_name: str) -> Iterator[ServerThread]:
-    """One gateway per event loop kind, shared by the tests that only read from it."""
+    """One gateway per event loop kind, shared by the tests that only read from it.
+
+    Teardown checks that nothing leaked: no request left queued or in flight in any batcher, no
+    answer still owed on any HTTP connection.
+    """
     with ServerThread(repository=repo, loop=loop_name) as srv:
         yield srv
+
+        async def leftovers() -> list[str]:
+            left = [f"{mv.name}:{mv.version} queued={mv.batcher.queue.rows} in_flight={mv.batcher.in_flight}"
+                    for mv in srv.app.registry.versions() if mv.batcher.queue.rows or mv.batcher.in_flight]
+            left += [f"connection owes {len(c._tickets)} answers" for c in srv.app.http.connections if c._tickets]
+            return left
+
+        assert srv.call(leftovers()) == []
