@@ -102,8 +102,13 @@ def _ours(port: int, capsys, seconds: float = 6.0) -> float:
 
 def test_closed_loop_throughput_matches_perf_analyzer(gateway_http_port, capsys):
     _ours(gateway_http_port, capsys, seconds=2.0)  # warm the server (first batches, allocator, caches)
+    # On a shared machine the server's own speed drifts over a minute (one CI run saw ours 17 % above
+    # perf_analyzer, earlier runs 5-7 % below): measure ours before and after perf_analyzer and
+    # compare with the mean, so that a drift during the test cancels out.
+    before = _ours(gateway_http_port, capsys, seconds=5.0)
     pa = _perf_analyzer(gateway_http_port)
-    ours = _ours(gateway_http_port, capsys)
-    print(f"perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s "
-          f"(concurrency {CONCURRENCY}, batch {BATCH})")
+    after = _ours(gateway_http_port, capsys, seconds=5.0)
+    ours = (before + after) / 2
+    print(f"perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before {before:.0f}, after "
+          f"{after:.0f}; concurrency {CONCURRENCY}, batch {BATCH})")
     assert ours == pytest.approx(pa, rel=0.10)
