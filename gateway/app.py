@@ -138,7 +138,7 @@ def _serve_workers(settings: ServerSettings) -> int:
     for p in procs:
         p.start()
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(_signum: int, _frame: object) -> None:
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)

@@ -90,7 +90,6 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None  # a flush when a delay or deadline comes due
         self._accepting = True
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._all_outputs = signature.output_names
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -159,7 +158,7 @@ class Batcher:
                 break
             items, reason = nb
             self.stats.release[reason] += 1
-            self._dispatch(items, now)
+            self._dispatch(items)
             now = self.clock()
         self.stats.queue_rows = q.rows
         if self.in_flight < self.backend.capacity:
@@ -176,10 +175,11 @@ class Batcher:
                     w.set_result(None)
             self._idle_waiters.clear()
 
-    def _dispatch(self, items: list[Pending], now: float) -> None:
+    def _dispatch(self, items: list[Pending]) -> None:
         t0 = self.clock()
         if len(items) == 1:
             feeds = items[0].inputs
+            rows = items[0].rows
         else:
             feeds = {}
             rows = sum(p.rows for p in items)
@@ -194,24 +194,23 @@ class Batcher:
                 err: GatewayError | None = None
             except GatewayError as exc:
                 outputs, err = None, exc
-            self._complete(items, outputs, err, t0, t1)
+            self._complete(items, rows, outputs, err, t0, t1)
         else:
             self.in_flight += 1
-            self.backend.run_async(feeds, partial(self._async_done, items, t0, t1))
+            self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1))
 
-    def _async_done(self, items: list[Pending], t0: float, t1: float, outputs: Outputs | None,
+    def _async_done(self, items: list[Pending], rows: int, t0: float, t1: float, outputs: Outputs | None,
                     err: BaseException | None) -> None:
         self.in_flight -= 1
         if err is not None and not isinstance(err, GatewayError):
             err = GatewayError(Code.INTERNAL, f"model '{self.name}' failed: {err}")
-        self._complete(items, outputs, err, t0, t1)  # type: ignore[arg-type]
+        self._complete(items, rows, outputs, err, t0, t1)  # type: ignore[arg-type]
         if self._soon is None:
             self._soon = self.loop.call_soon(self._flush)
 
-    def _complete(self, items: list[Pending], outputs: Outputs | None, err: GatewayError | None,
+    def _complete(self, items: list[Pending], rows: int, outputs: Outputs | None, err: GatewayError | None,
                   t0: float, t1: float) -> None:
         t2 = self.clock()
-        rows = sum(p.rows for p in items) if len(items) > 1 else items[0].rows
         if err is None and outputs is not None and self.sig.batching:
             for name, arr in outputs.items():
                 if arr.ndim == 0 or arr.shape[0] != rows:

@@ -18,26 +18,14 @@ from typing import Any
 
 from gateway import __version__
 from gateway.batcher import SplitGroup, Ticket
-from gateway.errors import Code, GatewayError, not_found
+from gateway.errors import GatewayError, not_found
 from gateway.registry import ModelRegistry, ModelVersion
 from gateway.route import Router
 from gateway.types import InferRequest, InferResponse
 
 DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]
 
-EXTENSIONS = [
-    "classification",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "schedule_policy",
-    "model_configuration",
-    "system_shared_memory",
-    "cuda_shared_memory",
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-]
-# Extensions we actually serve (shared memory is answered UNIMPLEMENTED, so not listed).
+# Extensions served (shared memory, trace and logging are answered UNIMPLEMENTED, so not listed).
 SERVED_EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "parameters"]
 
 
@@ -86,14 +74,13 @@ class DataPlane:
     def resolve(self, request: InferRequest) -> ModelVersion:
         return self.router.resolve(request)
 
-    def submit(self, request: InferRequest, done: DoneCallback) -> Ticket | SplitGroup:
+    def submit(self, request: InferRequest, done: DoneCallback, eager: bool = False) -> Ticket | SplitGroup:
         """Queue a request; ``done`` is called exactly once, on the loop thread, unless cancelled.
 
         Validation errors raise ``GatewayError`` synchronously (nothing queued). Calling
         ``ticket.cancel()`` before the batch runs drops the request and ``done`` is never called.
         """
-        mv = self.router.resolve(request)
-        return mv.batcher.submit(request, done)
+        return self.router.resolve(request).batcher.submit(request, done, eager)
 
     async def infer(self, request: InferRequest, eager: bool = False) -> InferResponse:
         """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work.
@@ -109,7 +96,7 @@ class DataPlane:
             else:
                 fut.set_result(resp)  # type: ignore[arg-type]
 
-        ticket = self.router.resolve(request).batcher.submit(request, done, eager)
+        ticket = self.submit(request, done, eager)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -125,6 +112,3 @@ class DataPlane:
 
     async def unload_model(self, name: str) -> None:
         await self.registry.unload(name)
-
-    def unavailable(self, message: str) -> GatewayError:
-        return GatewayError(Code.UNAVAILABLE, message)

@@ -74,13 +74,6 @@ def _numpy_to_datatype(dtype: np.dtype) -> str:
     return name
 
 
-def datatype_size(datatype: str) -> int:
-    """Bytes per element of a fixed-size datatype; 0 for BYTES."""
-    if datatype == "BYTES":
-        return 0
-    return DATATYPE_TO_NUMPY[datatype].itemsize
-
-
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """A model input or output as the model declares it. -1 marks a variable dimension.

@@ -25,17 +25,14 @@ class Signature:
     batching: bool
     variable_inner_dims: bool
     """True when some non-batch input dimension is -1: requests then go to shape buckets."""
+    output_names: tuple[str, ...]
 
     @classmethod
     def build(cls, model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
               batching: bool) -> Signature:
         inner = [t.shape[1:] if batching else t.shape for t in inputs]
         return cls(model, tuple(inputs), tuple(outputs), batching,
-                   any(-1 in s for s in inner))
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(o.name for o in self.outputs)
+                   any(-1 in s for s in inner), tuple(o.name for o in outputs))
 
 
 def check_request(sig: Signature, req: InferRequest) -> int:
