@@ -89,12 +89,6 @@ class _Call:
                 else:
                     data = b"".join((_OK_200, _BIN_CL, str(hlen).encode(), b"\r\ncontent-length: ",
                                      str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
-        if self.seq == proto._next_write and self.keep_alive and not proto._parked and not proto._paused:
-            t = proto.transport  # in-order fast path: nothing parked ahead of this answer
-            if t is not None and not t.is_closing():
-                t.write(data)
-                proto._next_write = self.seq + 1
-            return
         proto._write_in_order(self.seq, data, not self.keep_alive)
 
 
