@@ -1,4 +1,4 @@
-"""Build-only: compiles the Cython hot path in _native/ and the protobuf modules from proto/.
+"""Build-only: compiles the Cython hot path in _native/ and the descriptor set of proto/.
 
 Metadata, dependencies and tool settings live in pyproject.toml; the protobuf recipe is in
 proto/codegen.py. A failed native build is an

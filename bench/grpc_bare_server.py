@@ -18,9 +18,9 @@ import sys
 import grpc
 import uvloop
 
-from gateway.grpc_gen import grpc_service_pb2 as pb
-from gateway.grpc_gen import grpc_service_pb2_grpc as pb_grpc
-from gateway.grpc_gen import model_config_pb2 as mc
+from gateway.pb import add_servicer
+from gateway.pb import model_config as mc
+from gateway.pb import service as pb
 
 MODEL = "mlp"
 
@@ -32,7 +32,7 @@ def _fixed_response() -> pb.ModelInferResponse:
     return resp
 
 
-class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
+class BareServicer:
     def __init__(self) -> None:
         self.infer_response = _fixed_response()
         self.metadata = pb.ModelMetadataResponse(name=MODEL, versions=["1"], platform="onnxruntime_onnx")
@@ -69,7 +69,7 @@ class BareServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 async def main(port: int) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(BareServicer(), server)
+    add_servicer(server, BareServicer())
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"bare grpc.aio server on 127.0.0.1:{bound}", flush=True)

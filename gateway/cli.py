@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "loadtest":
+        from gateway.loadtest import require_extra
+
+        if (problem := require_extra()) is not None:
+            print(problem, file=sys.stderr)
+            return 2
         from gateway.loadtest.cli import main as loadtest_main
 
         return loadtest_main(argv[1:])

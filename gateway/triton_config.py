@@ -14,8 +14,8 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from gateway.grpc_gen import model_config_pb2
 from gateway.model_config import ConfigError
+from gateway.pb import model_config as model_config_pb2
 
 
 def _skip_value(text: str, i: int) -> int:

@@ -25,12 +25,12 @@ ALLOWED = {
                 "validate"},
     "registry": {"backends.onnx", "batcher", "errors", "model_config", "stats", "triton_config", "types",
                  "validate"},
-    "triton_config": {"grpc_gen", "model_config"},  # the config schema only, parsed from text
+    "triton_config": {"pb", "model_config"},  # the config schema only, parsed from text
     "route": {"registry", "types"},
     "dataplane": {"__init__", "batcher", "errors", "registry", "route", "types"},
 }
 # the core never speaks a wire protocol
-WIRE = ["grpc", "gateway.grpc_gen", "gateway.front", "httptools", "orjson"]
+WIRE = ["grpc", "gateway.pb", "gateway.front", "httptools", "orjson"]
 
 
 def imports_of(module: str) -> set[str]:

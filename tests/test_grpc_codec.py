@@ -20,7 +20,7 @@ from gateway.front.grpc_codec import (
     params_from_pb,
     params_to_pb,
 )
-from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.pb import service as pb
 from gateway.types import DATATYPE_TO_NUMPY, InferResponse
 
 ALL_TYPES = list(DATATYPE_TO_NUMPY)

@@ -18,7 +18,9 @@ import tritonclient.grpc.model_config_pb2 as triton_config
 import tritonclient.grpc.service_pb2 as triton_service
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from gateway.grpc_gen import grpc_service_pb2, model_config_pb2
+from gateway import pb
+from gateway.pb import model_config as model_config_pb2
+from gateway.pb import service as grpc_service_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "GRPCInferenceService"
@@ -32,14 +34,20 @@ def _load_codegen():  # proto/codegen.py holds the one codegen recipe (setup.py 
     return module
 
 
-def test_generated_code_is_fresh(tmp_path: Path) -> None:
-    _load_codegen().generate_protos(ROOT / "proto", tmp_path)
-    gen = ROOT / "gateway" / "grpc_gen"
-    fresh = {p.name: p.read_text() for p in tmp_path.iterdir() if p.is_file()}
-    current = {p.name: p.read_text() for p in gen.iterdir() if p.is_file()}
-    assert sorted(fresh) == sorted(current), "gateway/grpc_gen has other files than proto/ produces"
-    stale = [name for name in fresh if fresh[name] != current[name]]
-    assert not stale, f"gateway/grpc_gen is stale ({', '.join(stale)}): run `python proto/codegen.py`"
+def test_descriptor_set_is_fresh() -> None:
+    """The build records the digest of the .proto sources it compiled; an edit since then fails."""
+    codegen = _load_codegen()
+    recorded = (pb.GENERATED / codegen.DIGEST).read_text().strip()
+    assert recorded == codegen.sources_digest(ROOT / "proto"), (
+        "gateway/grpc_gen is stale: run `python proto/codegen.py` (or pip install -e .)")
+    assert sorted(p.name for p in pb.GENERATED.iterdir() if p.is_file()) == sorted(
+        [codegen.DESCRIPTOR_SET, codegen.DIGEST]), "gateway/grpc_gen has files the build does not write"
+
+
+def test_no_generated_python_is_imported() -> None:
+    """Generated *_pb2 modules pin a protobuf gencode version; the package must not ship any."""
+    assert not list(pb.GENERATED.glob("*.py"))
+    assert pb.service.ModelInferRequest.DESCRIPTOR.file.pool is pb.POOL
 
 
 def _field_signature(f: FieldDescriptor) -> tuple:

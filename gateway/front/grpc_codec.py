@@ -23,7 +23,7 @@ import numpy as np
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import invalid
-from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.pb import service as pb
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
 # Typed-contents field per datatype (KServe v2: narrow integers travel widened). FP16 and BF16

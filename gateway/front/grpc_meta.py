@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.pb import service as pb
 
 
 def server_metadata_to_pb(meta: dict[str, Any]) -> pb.ServerMetadataResponse:

@@ -35,8 +35,8 @@ from gateway.front.grpc_meta import (
     server_metadata_to_pb,
 )
 from gateway.front.grpc_stream import serve_stream
-from gateway.grpc_gen import grpc_service_pb2 as pb
-from gateway.grpc_gen import grpc_service_pb2_grpc as pb_grpc
+from gateway.pb import add_servicer
+from gateway.pb import service as pb
 from gateway.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def deadline_us(context: grpc.aio.ServicerContext) -> int:
     return max(1, int(remaining * 1_000_000))
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """One method per RPC; each is a thin adapter: decode, call the data plane, encode."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -217,7 +217,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 async def start_grpc_front(dataplane: DataPlane, settings: ServerSettings) -> GrpcFront:
     """Bind ``settings.host:settings.grpc_port`` (0: a free port) and start serving."""
     server = grpc.aio.server(options=server_options(settings))
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    add_servicer(server, InferenceServicer(dataplane))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:

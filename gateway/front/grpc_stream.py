@@ -23,7 +23,7 @@ from typing import Any
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError
 from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
-from gateway.grpc_gen import grpc_service_pb2 as pb
+from gateway.pb import service as pb
 from gateway.types import InferResponse
 
 _StreamResponse = pb.ModelStreamInferResponse

@@ -14,4 +14,23 @@ Modules, in the order a run flows through them:
   report       JSON, CSV, PNG and HTML
   cli          the command line
 Import cost matters for ``gateway`` startup, so nothing is imported here.
+
+Its plotting, progress and histogram libraries are the ``loadtest`` extra, not server
+dependencies: ``require_extra`` names the extra when one is missing instead of a traceback.
 """
+
+from __future__ import annotations
+
+import importlib.util
+
+EXTRA_MODULES = ("hdrh", "rich", "matplotlib")
+INSTALL_HINT = "pip install 'inference-gateway[loadtest]'"
+
+
+def require_extra() -> str | None:
+    """None when the load tester can run, else the message to show."""
+    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"gateway loadtest needs the 'loadtest' extra (missing: {', '.join(missing)}); "
+                f"install it with: {INSTALL_HINT}")
+    return None

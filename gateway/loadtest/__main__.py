@@ -2,6 +2,12 @@
 
 import sys
 
-from gateway.loadtest.cli import main
+from gateway.loadtest import require_extra
+
+if (problem := require_extra()) is not None:
+    print(problem, file=sys.stderr)
+    raise SystemExit(2)
+
+from gateway.loadtest.cli import main  # noqa: E402
 
 raise SystemExit(main(sys.argv[1:]))

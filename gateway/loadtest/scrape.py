@@ -40,12 +40,13 @@ def parse_prometheus(text: str) -> dict[str, float]:
 def _grpc_stats(target: Target) -> dict[str, Any]:
     import grpc
     from google.protobuf.json_format import MessageToDict
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    from gateway.pb import Stub
+    from gateway.pb import service as pb
 
     with grpc.insecure_channel(f"{target.host}:{target.port}") as ch:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
-        msg = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name=target.model, version=target.version),
-                                   timeout=5.0)
+        msg = Stub(ch).ModelStatistics(pb.ModelStatisticsRequest(name=target.model, version=target.version),
+                                       timeout=5.0)
     return MessageToDict(msg, preserving_proto_field_name=True)
 
 

@@ -105,13 +105,13 @@ def fetch_model_info(target: Target, timeout: float = 5.0) -> ModelInfo:
     if target.is_grpc:
         import grpc
         from google.protobuf.json_format import MessageToDict
-        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        from gateway.pb import Stub
+        from gateway.pb import service as pb
 
         with grpc.insecure_channel(f"{target.host}:{target.port}") as ch:
-            stub = service_pb2_grpc.GRPCInferenceServiceStub(ch)
-            msg = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=target.model,
-                                                                      version=target.version),
-                                     timeout=timeout)
+            msg = Stub(ch).ModelMetadata(pb.ModelMetadataRequest(name=target.model, version=target.version),
+                                         timeout=timeout)
         meta = MessageToDict(msg, preserving_proto_field_name=True)
     else:
         v = f"/versions/{target.version}" if target.version else ""
@@ -227,9 +227,9 @@ def encode_http(info: ModelInfo, inputs: Mapping[str, np.ndarray], binary: bool,
 
 
 def encode_grpc(info: ModelInfo, inputs: Mapping[str, np.ndarray], params: Mapping[str, object]) -> bytes:
-    from tritonclient.grpc import service_pb2
+    from gateway.pb import service as pb
 
-    req = service_pb2.ModelInferRequest(model_name=info.name, model_version=info.version)
+    req = pb.ModelInferRequest(model_name=info.name, model_version=info.version)
     for name, arr in inputs.items():
         dt = _dtype_name(info, name)
         t = req.inputs.add()
