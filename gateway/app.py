@@ -2,7 +2,8 @@
 
 Nothing else constructs these; everything is passed down through constructors.
 ``serve`` is the process entry point: uvloop (or asyncio), signal handling and graceful
-shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit 0).
+shutdown (SIGTERM: not-ready for ``drain_s`` while still serving, then stop accepting, finish
+in-flight requests, exit 0; SIGINT skips the drain).
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ async def _main(settings: ServerSettings) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
     models = ", ".join(f"{m.name}:{m.version}" for m in app.registry.versions()) or "none"
     print(f"gateway ready: HTTP on {settings.host}:{app.http_port}"
           + (f", gRPC on {settings.host}:{app.grpc_port}" if app.grpc else "")
@@ -102,10 +103,26 @@ async def _main(settings: ServerSettings) -> int:
               "{\"name\":\"INPUT0\",\"datatype\":\"FP32\",\"shape\":[1,16],\"data\":[" + ",".join(["1"] * 16) + "]},"
               "{\"name\":\"INPUT1\",\"datatype\":\"FP32\",\"shape\":[1,16],\"data\":[" + ",".join(["2"] * 16) + "]}]}'",
               flush=True)
-    await stop.wait()
-    log.info("shutting down: draining in-flight requests (up to %.0f s)", settings.shutdown_grace_s)
+    first = await signals.get()
+    await drain(app, first, signals)
+    log.info("shutting down: finishing in-flight requests (up to %.0f s)", settings.shutdown_grace_s)
     await app.stop()
     return 0
+
+
+async def drain(app: App, first: int, signals: asyncio.Queue[int]) -> None:
+    """SIGTERM: report not-ready but keep serving for ``drain_s``, so that load balancers (and a
+    Kubernetes endpoint controller) stop sending before the listeners close. SIGINT (Ctrl-C), or a
+    second signal during the drain, cuts it short."""
+    app.dataplane.draining = True
+    if first != signal.SIGTERM or app.settings.drain_s <= 0:
+        return
+    log.info("SIGTERM: not ready; serving for %.1f s more (drain_s) before stopping", app.settings.drain_s)
+    try:
+        await asyncio.wait_for(signals.get(), app.settings.drain_s)
+        log.info("second signal: ending the drain early")
+    except asyncio.TimeoutError:
+        pass
 
 
 def serve(settings: ServerSettings) -> int:
@@ -138,10 +155,10 @@ def _serve_workers(settings: ServerSettings) -> int:
     for p in procs:
         p.start()
 
-    def forward(_signum: int, _frame: object) -> None:
+    def forward(signum: int, _frame: object) -> None:
         for p in procs:
             if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
+                os.kill(p.pid, signum)  # SIGTERM drains, SIGINT does not: the worker decides
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)

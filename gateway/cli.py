@@ -46,7 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("loadtest", help="load-test any KServe v2 server (see `gateway loadtest --help`)")
+    demo = sub.add_parser("demo", help="the demo models (generated in code)")
+    demo_sub = demo.add_subparsers(dest="demo_command", required=True)
+    export = demo_sub.add_parser("export", help="write the demo repository to DIR (Triton layout)")
+    export.add_argument("dir", help="target directory (created; existing demo models are overwritten)")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        from gateway.demo import build_demo_repository
+
+        root = build_demo_repository(args.dir)
+        print(f"demo repository written to {root}: serve it with "
+              f"`gateway serve --model-repository {args.dir}`")
+        return 0
     if args.command == "serve":
         from gateway.app import serve
         from gateway.settings import ServerSettings

@@ -37,13 +37,15 @@ class DataPlane:
         self.router = router
         self.server_name = server_name
         self._metadata = {"name": server_name, "version": __version__, "extensions": SERVED_EXTENSIONS}
+        self.draining = False
+        """Set on SIGTERM: readiness turns false while requests are still served (see App)."""
 
     # ---- health and metadata -------------------------------------------------------------
     def live(self) -> bool:
         return True
 
     def ready(self) -> bool:
-        return self.registry.all_ready()
+        return not self.draining and self.registry.all_ready()
 
     def server_metadata(self) -> dict[str, Any]:
         return self._metadata

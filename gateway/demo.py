@@ -56,7 +56,7 @@ def add_sub_model(width: int = 16) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
 
 
-def build_demo_repository(root: Path) -> Path:
+def build_demo_repository(root: str | Path) -> Path:
     root = Path(root)
     _save(mlp_model(seed=1), root / "mlp" / "1" / "model.onnx")
     _save(mlp_model(seed=2), root / "mlp" / "2" / "model.onnx")

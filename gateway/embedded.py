@@ -3,11 +3,13 @@
     async with Gateway.from_repository("models/") as gw:
         outputs = await gw.infer("mlp", {"INPUT0": x})
 
-Concurrent ``infer`` calls are batched exactly as network requests are.
+Concurrent ``infer`` calls are batched exactly as network requests are. ``Gateway.demo()``
+serves the demo models (written to a temporary directory that is removed on exit).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -25,10 +27,21 @@ class Gateway:
     def __init__(self, repository: str | Path) -> None:
         self.registry = ModelRegistry(Path(repository))
         self.dataplane = DataPlane(self.registry, Router(self.registry))
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
     def from_repository(cls, repository: str | Path) -> Gateway:
         return cls(repository)
+
+    @classmethod
+    def demo(cls) -> Gateway:
+        """The demo repository (``gateway.demo``), built in a temporary directory."""
+        from gateway.demo import build_demo_repository
+
+        tmp = tempfile.TemporaryDirectory(prefix="gateway-demo-")
+        gw = cls(build_demo_repository(Path(tmp.name)))
+        gw._tmp = tmp
+        return gw
 
     async def __aenter__(self) -> Gateway:
         await self.registry.load_all()
@@ -37,6 +50,8 @@ class Gateway:
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.registry.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     async def infer(self, model: str, inputs: Mapping[str, Any], *, version: str = "",
                     outputs: Sequence[str] | None = None, timeout_us: int = 0) -> dict[str, np.ndarray]:

@@ -48,8 +48,11 @@ class ServerSettings:
     """Interval of gRPC keepalive pings on idle connections."""
     grpc_keepalive_timeout_s: float = 20.0
     """How long a keepalive ping may go unanswered before the connection is closed."""
+    drain_s: float = 5.0
+    """On SIGTERM: keep serving this long while readiness reports 503, so load balancers take the
+    server out of rotation before it stops accepting (SIGINT skips it)."""
     shutdown_grace_s: float = 30.0
-    """On SIGTERM/SIGINT: stop accepting, then wait this long for in-flight requests."""
+    """After the drain (or on SIGINT): stop accepting, then wait this long for in-flight requests."""
     log_level: str = "INFO"
     """Python logging level name."""
     loop: str = "uvloop"
@@ -94,6 +97,8 @@ class ServerSettings:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
             raise ValueError(f"setting grpc_port out of range: {self.grpc_port}")
+        if self.drain_s < 0 or self.shutdown_grace_s < 0:
+            raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
         if self.workers < 1:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):

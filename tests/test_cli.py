@@ -32,7 +32,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 def test_serve_demo_then_sigterm_drains_and_exits_zero() -> None:
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0.2"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
                              "--grpc-port", str(grpc_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -64,7 +64,7 @@ def test_cli_rejects_missing_repository() -> None:
 
 def test_workers_share_the_ports_and_stop_together() -> None:
     http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0.2"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--workers", "2",
                              "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

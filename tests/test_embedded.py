@@ -84,3 +84,28 @@ def test_thread_execution_with_two_instances(tmp_path: Path, loop_kind: str) -> 
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+def test_demo_gateway_serves_the_demo_models_and_cleans_up() -> None:
+    gw = Gateway.demo()
+    root = gw.registry.root
+
+    async def main() -> None:
+        async with gw:
+            out = await gw.infer("add_sub", {"INPUT0": np.ones((1, 16)), "INPUT1": np.ones((1, 16))})
+            assert out["OUTPUT0"].tolist() == [[2.0] * 16]
+            assert {m["name"] for m in gw.models()} == {"mlp", "add_sub"}
+
+    asyncio.run(main())
+    assert not root.exists()
+
+
+def test_demo_export_writes_a_servable_repository(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gateway", "demo", "export", str(tmp_path / "models")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "models" / "mlp" / "2" / "model.onnx").is_file()
+    assert (tmp_path / "models" / "add_sub" / "1" / "model.onnx").is_file()

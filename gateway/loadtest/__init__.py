@@ -21,7 +21,7 @@ dependencies: ``require_extra`` names the extra when one is missing instead of a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 EXTRA_MODULES = ("hdrh", "rich", "matplotlib")
 INSTALL_HINT = "pip install 'inference-gateway[loadtest]'"
@@ -29,7 +29,12 @@ INSTALL_HINT = "pip install 'inference-gateway[loadtest]'"
 
 def require_extra() -> str | None:
     """None when the load tester can run, else the message to show."""
-    missing = [m for m in EXTRA_MODULES if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in EXTRA_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         return (f"gateway loadtest needs the 'loadtest' extra (missing: {', '.join(missing)}); "
                 f"install it with: {INSTALL_HINT}")

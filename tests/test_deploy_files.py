@@ -1,0 +1,84 @@
+"""docker/: the compose file and the Kubernetes manifests are complete and agree with the server.
+
+No Docker or cluster here, so these read the files: every mount has a source, every GATEWAY_*
+variable is a real setting, the shutdown numbers add up (preStop + drain + grace fit in the
+termination grace period), probes exist, workers match the CPU request, and the runtime image
+installs no load-test extras.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from gateway.settings import ServerSettings
+
+DOCKER = Path(__file__).resolve().parents[1] / "docker"
+SETTINGS = {f"GATEWAY_{f.name.upper()}": f for f in fields(ServerSettings)}
+
+
+def _defaults() -> ServerSettings:
+    return ServerSettings(demo=True)
+
+
+def test_compose_mounts_exist_and_shutdown_fits() -> None:
+    doc = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    named = set(doc.get("volumes") or {})
+    for name, svc in doc["services"].items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith((".", "/")):
+                assert (DOCKER / src).exists(), f"service {name} mounts {src}, which does not exist"
+            else:
+                assert src in named, f"service {name} mounts volume {src}, which is not declared"
+    assert doc["services"]["models"]["command"][:2] == ["demo", "export"]
+    gw = doc["services"]["gateway"]
+    env = gw["environment"]
+    assert set(k for k in env if k.startswith("GATEWAY_")) <= set(SETTINGS)
+    stop = float(gw["stop_grace_period"].rstrip("s"))
+    assert stop > float(env["GATEWAY_DRAIN_S"]) + float(env["GATEWAY_SHUTDOWN_GRACE_S"])
+
+
+def _k8s() -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in yaml.safe_load_all((DOCKER / "k8s" / "gateway.yaml").read_text()):
+        out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def test_k8s_deployment_is_complete() -> None:
+    docs = _k8s()
+    (dep,) = docs["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert set(env) <= set(SETTINGS), set(env) - set(SETTINGS)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert probe in c, probe
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    sleep = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    drain = float(env.get("GATEWAY_DRAIN_S", _defaults().drain_s))
+    grace = float(env.get("GATEWAY_SHUTDOWN_GRACE_S", _defaults().shutdown_grace_s))
+    assert pod["terminationGracePeriodSeconds"] > float(sleep[1]) + drain + grace
+    cpu = c["resources"]["requests"]["cpu"]
+    assert int(env["GATEWAY_WORKERS"]) == int(cpu), "one worker per requested CPU"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims <= {p["metadata"]["name"] for p in docs["PersistentVolumeClaim"]}
+
+
+def test_k8s_has_a_headless_service_for_grpc() -> None:
+    services = _k8s()["Service"]
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    assert headless and any(p["name"] == "grpc" for p in headless[0]["spec"]["ports"])
+
+
+def test_runtime_image_installs_no_extras() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    runtime = text.split("FROM ")[-1]
+    installs = re.findall(r"pip install[^\n]*", runtime)
+    assert installs and not any("[" in line for line in installs), installs
