@@ -44,6 +44,9 @@ class ServerSettings:
     """Requests one HTTP connection may have outstanding before the server stops reading it."""
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED."""
+    grpc_max_inflight_bytes: int = 512 * 1024 * 1024
+    """Tensor bytes of gRPC requests held at once (queued or computing), all calls together; past it
+    RESOURCE_EXHAUSTED at once. At least grpc_max_message_bytes."""
     grpc_keepalive_time_s: float = 60.0
     """Interval of gRPC keepalive pings on idle connections."""
     grpc_keepalive_timeout_s: float = 20.0
@@ -97,6 +100,9 @@ class ServerSettings:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
             raise ValueError(f"setting grpc_port out of range: {self.grpc_port}")
+        if self.grpc_max_inflight_bytes < self.grpc_max_message_bytes:
+            raise ValueError("setting grpc_max_inflight_bytes must be >= grpc_max_message_bytes "
+                             f"({self.grpc_max_inflight_bytes} < {self.grpc_max_message_bytes})")
         if self.drain_s < 0 or self.shutdown_grace_s < 0:
             raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
         if self.workers < 1:

@@ -158,3 +158,25 @@ async def test_aio_client(server: ServerThread, repo: Path) -> None:
         with pytest.raises(InferenceServerException) as info:
             await c.infer("nope", [make_input("INPUT0", xs[0], "FP32")])
         assert code_of(info.value) == "StatusCode.NOT_FOUND"
+
+
+@pytest.mark.parametrize("shape,datatype,raw", [
+    ([0, 1 << 62, 1 << 62], "FP32", [b""]),   # empty, but no array can have the other dims
+    ([0, 1 << 62, 1 << 62], "FP32", None),    # the same with typed (empty) contents
+    ([1 << 62, 4], "BYTES", [b""]),           # more elements than the bytes could hold
+    ([1] * 65, "FP32", [b"\0\0\0\0"]),        # past numpy's 64 dimensions
+], ids=["zero-size-overflow-raw", "zero-size-overflow-typed", "bytes-count-overflow", "65-dims"])
+def test_impossible_shapes_are_invalid_argument_not_internal(server: ServerThread, shape, datatype, raw) -> None:
+    req = service_pb2.ModelInferRequest(model_name="mlp" if datatype == "FP32" else "identity_bytes")
+    req.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
+    if raw is not None:
+        req.raw_input_contents.extend(raw)
+    with grpc.insecure_channel(server.grpc_url) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert "INPUT0" in e.value.details()
+        ok = service_pb2.ModelInferRequest(model_name="mlp")
+        ok.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
+        ok.raw_input_contents.append(bytes(256))
+        assert len(service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(ok, timeout=10).outputs) == 1

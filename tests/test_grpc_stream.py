@@ -7,7 +7,7 @@ the stream goes on; answers are matched to requests by id, whatever their order.
 from __future__ import annotations
 
 import queue
-import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -109,14 +109,44 @@ def test_stream_error_answer_names_the_request(server: ServerThread) -> None:
     assert by_id["raw-ok"].error_message == "" and len(by_id["raw-ok"].infer_response.raw_output_contents) == 1
 
 
-def test_stream_client_gone_leaves_server_serving(server: ServerThread) -> None:
-    """A stream cancelled mid-flight cancels its queued work; the server keeps answering."""
-    c = grpcclient.InferenceServerClient(server.grpc_url)
-    seen = threading.Event()
-    c.start_stream(callback=lambda result, error: seen.set())
-    for i in range(20):
-        c.async_stream_infer("mlp", inp(np.zeros((1, 64), np.float32)), request_id=str(i))
-    c.stop_stream(cancel_requests=True)
-    assert c.is_server_live()
-    r = c.infer("mlp", inp(np.zeros((1, 64), np.float32)))
-    assert r.as_numpy("OUTPUT0").shape == (1, 10)
+def test_stream_cancelled_mid_flight_computes_none_of_its_queued_work(tmp_path: Path) -> None:
+    """Requests queued on a stream that the client cancels are dropped, never computed: the model
+    holds batches for 2 s (max_queue_delay_us), the stream is cancelled after its 20 requests were
+    queued, and after the delay has passed the model has run nothing; the server keeps serving."""
+    from gateway.demo import mlp_model
+
+    model_dir = tmp_path / "slow_mlp"
+    (model_dir / "1").mkdir(parents=True)
+    import onnx
+
+    onnx.save(mlp_model(seed=3), str(model_dir / "1" / "model.onnx"))
+    (model_dir / "config.toml").write_text('max_batch_size = 64\nmax_queue_delay_us = 2000000\nexecution = "inline"\n')
+    with ServerThread(repository=tmp_path) as srv:
+        c = grpcclient.InferenceServerClient(srv.grpc_url)
+        answers: queue.Queue = queue.Queue()
+        c.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(20):
+            c.async_stream_infer("slow_mlp", inp(np.zeros((1, 64), np.float32)), request_id=str(i))
+
+        def queued() -> int:
+            async def rows() -> int:
+                return srv.app.registry.get("slow_mlp").batcher.queue.rows
+            return srv.call(rows())
+
+        deadline = time.monotonic() + 5
+        while queued() < 20:
+            assert time.monotonic() < deadline, "the stream's requests never reached the queue"
+            time.sleep(0.01)
+        c.stop_stream(cancel_requests=True)
+        time.sleep(2.5)  # past the 2 s batch delay: anything still queued would have run by now
+        stats = c.get_inference_statistics("slow_mlp").model_stats[0]
+        assert stats.inference_count == 0 and stats.execution_count == 0, stats
+        results = []
+        while not answers.empty():  # tritonclient reports its own cancellation to the callback
+            result, error = answers.get()
+            results.append(result if error is None else error.status())
+        assert all(r == "StatusCode.CANCELLED" for r in results), results
+        assert queued() == 0
+        r = c.infer("slow_mlp", inp(np.zeros((1, 64), np.float32)))  # runs after its own 2 s delay
+        assert r.as_numpy("OUTPUT0").shape == (1, 10)
+        c.close()

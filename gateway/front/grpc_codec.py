@@ -44,6 +44,8 @@ CONTENTS_FIELD: dict[str, str] = {
 }
 
 _NARROW = frozenset(("INT8", "INT16", "UINT8", "UINT16"))
+MAX_DIMS = 64  # numpy's limit
+MAX_ELEMENTS = (1 << 63) // 16  # no datatype's array of more elements fits in a signed 64-bit byte size
 _ModelInferResponse = pb.ModelInferResponse
 # numpy dtype -> datatype name, filled on first sight of each dtype (a dict hit is cheaper
 # than numpy_to_datatype's string work on every output of every response).
@@ -106,7 +108,12 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
         shape = tuple(t.shape)
         if shape and min(shape) < 0:
             raise invalid(f"input '{name}': negative dimension in shape {list(shape)}")
+        if len(shape) > MAX_DIMS:
+            raise invalid(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_DIMS}")
         count = math.prod(shape)
+        if count == 0 and math.prod(d for d in shape if d) > MAX_ELEMENTS:
+            # an empty tensor whose other dimensions no array can have (numpy refuses the shape)
+            raise invalid(f"input '{name}': shape {list(shape)} is too large")
         if n_raw:
             if t.HasField("contents"):
                 raise invalid(f"input '{name}': both raw_input_contents and typed contents given")
@@ -150,6 +157,9 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
 def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int,
               buf: bytes) -> np.ndarray:
     if datatype == "BYTES":
+        if count > len(buf) // 4:  # every element carries a 4-byte length prefix
+            raise invalid(f"input '{name}': raw contents hold {len(buf)} bytes, too few for the "
+                          f"{count} BYTES elements of shape {list(shape)}")
         try:
             return decode_bytes_tensor(buf, count).reshape(shape)
         except ValueError as exc:

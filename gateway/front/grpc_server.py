@@ -38,6 +38,7 @@ from gateway.front.grpc_stream import serve_stream
 from gateway.pb import add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
+from gateway.types import InferRequest
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ def deadline_us(context: grpc.aio.ServicerContext) -> int:
 class InferenceServicer:
     """One method per RPC; each is a thin adapter: decode, call the data plane, encode."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None) -> None:
         self._dp = dataplane
+        self._budget = budget or ByteBudget(1 << 62)
 
     # ---- health and metadata ---------------------------------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
@@ -103,20 +105,31 @@ class InferenceServicer:
 
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        size = 0
+        infer_request = None
         try:
+            infer_request = decode_infer_request(request, deadline_us(context))
+            size = self._budget.take(infer_request)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
-            response = await self._dp.infer(decode_infer_request(request, deadline_us(context)), eager=True)
+            response = await self._dp.infer(infer_request, eager=True)
             return encode_infer_response(response)
         except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+            status, message = _STATUS[exc.code], exc.message
         except Exception as exc:  # a bug must still reach the client as INTERNAL with a message
             log.exception("ModelInfer failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-            raise
+            status, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+        finally:
+            self._budget.give(size)
+        # Abort outside the except block, with the request gone from this frame: aborting inside
+        # it chains the error (and its traceback, whose frames hold the request and numpy views
+        # of its bytes) to grpc's AbortError, a reference cycle only the collector frees. With
+        # large messages that kept ~2 copies of every rejected 60 MiB request alive.
+        del request, infer_request
+        await context.abort(status, message)
+        raise AssertionError("unreachable: abort raises")
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
-        await serve_stream(self._dp, request_iterator, context)
+        await serve_stream(self._dp, request_iterator, context, self._budget)
 
     # ---- repository ------------------------------------------------------------------------
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
@@ -177,6 +190,34 @@ class InferenceServicer:
         return await self._unimplemented("log settings (LogSettings)", context)
 
 
+class ByteBudget:
+    """Tensor bytes of the gRPC requests the server holds (decoded, queued or computing), bounded
+    by ``grpc_max_inflight_bytes``: past it a request is refused with RESOURCE_EXHAUSTED at once
+    instead of piling up gigabytes of queued messages. Counted from the decoded arrays (their
+    ``nbytes``): ``ByteSize()`` re-encodes the message (90 ms for 60 MiB)."""
+
+    __slots__ = ("limit", "held")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, request: InferRequest) -> int:
+        size = 0
+        for a in request.inputs.values():
+            size += a.nbytes
+        if self.held + size > self.limit and self.held:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                               f"server holds {self.held} bytes of gRPC requests; this one ({size} bytes) "
+                               f"would pass grpc_max_inflight_bytes ({self.limit}): retry later",
+                               retry_after_s=1)
+        self.held += size
+        return size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 def _check_repository(name: str) -> None:
     # One repository per server; Triton accepts its (empty) name too.
     if name:
@@ -217,7 +258,7 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 async def start_grpc_front(dataplane: DataPlane, settings: ServerSettings) -> GrpcFront:
     """Bind ``settings.host:settings.grpc_port`` (0: a free port) and start serving."""
     server = grpc.aio.server(options=server_options(settings))
-    add_servicer(server, InferenceServicer(dataplane))
+    add_servicer(server, InferenceServicer(dataplane, ByteBudget(settings.grpc_max_inflight_bytes)))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:

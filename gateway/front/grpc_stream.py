@@ -18,6 +18,7 @@ message.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from gateway.dataplane import DataPlane
@@ -29,6 +30,7 @@ from gateway.types import InferResponse
 _StreamResponse = pb.ModelStreamInferResponse
 _InferResponse = pb.ModelInferResponse
 _GONE = object()
+log = logging.getLogger(__name__)
 
 
 def error_answer(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
@@ -42,12 +44,14 @@ def error_answer(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamI
 class _Stream:
     """State of one stream: outstanding tickets by sequence number, and the answer queue."""
 
-    __slots__ = ("dp", "answers", "tickets", "seq", "reading", "error")
+    __slots__ = ("dp", "budget", "answers", "tickets", "sizes", "seq", "reading", "error")
 
-    def __init__(self, dp: DataPlane) -> None:
+    def __init__(self, dp: DataPlane, budget: Any) -> None:
         self.dp = dp
+        self.budget = budget
         self.answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         self.tickets: dict[int, Any] = {}  # seq -> ticket, for requests not yet answered
+        self.sizes: dict[int, int] = {}  # seq -> bytes taken from the server's budget
         self.seq = 0
         self.reading = True
         self.error: BaseException | None = None
@@ -68,16 +72,24 @@ class _Stream:
         seq = self.seq = self.seq + 1
         self.tickets[seq] = None  # placeholder: done may run before submit returns
         try:
-            ticket = self.dp.submit(decode_infer_request(msg), lambda r, e: self.done(seq, msg, r, e))
-        except GatewayError as exc:
+            request = decode_infer_request(msg)
+            self.sizes[seq] = self.budget.take(request)
+            ticket = self.dp.submit(request, lambda r, e: self.done(seq, msg, r, e))
+        except Exception as exc:  # every request gets its answer; the stream goes on
+            self.budget.give(self.sizes.pop(seq, 0))
+            if not isinstance(exc, GatewayError):
+                log.exception("ModelStreamInfer: request failed")
+            message = exc.message if isinstance(exc, GatewayError) else f"internal error: {exc}"
+            del exc  # no traceback (frames holding the message) outlives this answer
             del self.tickets[seq]
-            self.answers.put_nowait(error_answer(msg, exc.message))
+            self.answers.put_nowait(error_answer(msg, message))
             return
         if seq in self.tickets:
             self.tickets[seq] = ticket
 
     def done(self, seq: int, msg: pb.ModelInferRequest, resp: InferResponse | None,
              err: GatewayError | None) -> None:
+        self.budget.give(self.sizes.pop(seq, 0))
         if self.tickets.pop(seq, _GONE) is _GONE:
             return  # already answered or the stream is gone
         if err is not None:
@@ -92,15 +104,18 @@ class _Stream:
             self.answers.put_nowait(None)
 
     def cancel_all(self) -> None:
+        """Drop every queued request; their callbacks never run, so their bytes are given back here."""
+        self.budget.give(sum(self.sizes.values()))
+        self.sizes.clear()
         tickets, self.tickets = self.tickets, {}
         for t in tickets.values():
             if t is not None:
                 t.cancel()
 
 
-async def serve_stream(dp: DataPlane, request_iterator: Any, context: Any) -> None:
+async def serve_stream(dp: DataPlane, request_iterator: Any, context: Any, budget: Any) -> None:
     """Run one ModelStreamInfer call until the client half-closes and all answers are written."""
-    stream = _Stream(dp)
+    stream = _Stream(dp, budget)
     reader = asyncio.ensure_future(stream.read(request_iterator))
     answers = stream.answers
     try:
