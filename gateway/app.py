@@ -23,6 +23,7 @@ from gateway.metrics import make_metrics_registry
 from gateway.registry import ModelRegistry
 from gateway.route import Router
 from gateway.settings import ServerSettings
+from gateway.shm import SharedMemoryRegistry
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class App:
             self.repository = Path(settings.model_repository)
         self.registry = ModelRegistry(self.repository)
         self.router = Router(self.registry)
-        self.dataplane = DataPlane(self.registry, self.router)
+        self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
+        self.dataplane = DataPlane(self.registry, self.router, shm=self.shm)
         self.metrics = make_metrics_registry(self.registry)
         self.http = HttpFront(self.dataplane, settings, self.metrics)
         self.grpc: Any = None
@@ -68,6 +70,7 @@ class App:
         else:
             await self.http.stop(grace)
         await self.registry.close()
+        self.shm.close()
         if self._tmp is not None:
             self._tmp.cleanup()
 

@@ -24,6 +24,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
     p.add_argument("--workers", type=int, help="server processes sharing the ports via SO_REUSEPORT (default 1)")
     p.add_argument("--log-level", help="logging level (default INFO)")
+    p.add_argument("--allow-client-shm", action="store_true", default=None,
+                   help="let clients register system shared-memory regions (local clients only)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_repository": args.model_repository, "demo": args.demo, "host": args.host,
             "http_port": args.http_port, "grpc_port": args.grpc_port, "max_body_bytes": args.max_body_bytes,
             "loop": args.loop, "log_level": args.log_level, "workers": args.workers,
+            "allow_client_shm": args.allow_client_shm,
         }
         try:
             settings = ServerSettings.load(args.config, overrides=overrides)

@@ -21,22 +21,29 @@ from gateway.batcher import SplitGroup, Ticket
 from gateway.errors import GatewayError, not_found
 from gateway.registry import ModelRegistry, ModelVersion
 from gateway.route import Router
+from gateway.shm import SharedMemoryRegistry
 from gateway.types import InferRequest, InferResponse
 
 DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]
 
-# Extensions served (shared memory, trace and logging are answered UNIMPLEMENTED, so not listed).
+# Extensions served (trace and logging are answered UNIMPLEMENTED, so not listed). System shared
+# memory is listed when clients may register regions; CUDA shared memory never (its RPCs answer,
+# but no region can be registered).
 SERVED_EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "model_configuration", "parameters"]
+SHM_EXTENSION = "system_shared_memory"
 
 
 class DataPlane:
     """Facade over registry + router + batchers. Owns no I/O of its own."""
 
-    def __init__(self, registry: ModelRegistry, router: Router, server_name: str = "inference-gateway") -> None:
+    def __init__(self, registry: ModelRegistry, router: Router, server_name: str = "inference-gateway",
+                 shm: SharedMemoryRegistry | None = None) -> None:
         self.registry = registry
         self.router = router
         self.server_name = server_name
-        self._metadata = {"name": server_name, "version": __version__, "extensions": SERVED_EXTENSIONS}
+        self.shm = shm  # system shared-memory regions, for the fronts' decode and encode (None: not served)
+        extensions = SERVED_EXTENSIONS + ([SHM_EXTENSION] if shm is not None and shm.enabled else [])
+        self._metadata = {"name": server_name, "version": __version__, "extensions": extensions}
         self.draining = False
         """Set on SIGTERM: readiness turns false while requests are still served (see App)."""
 

@@ -62,6 +62,10 @@ class ServerSettings:
     """Event loop: uvloop or asyncio."""
     workers: int = 1
     """Server processes sharing the ports (SO_REUSEPORT); each loads its own models. >1 needs fixed ports."""
+    allow_client_shm: bool = False
+    """Let clients register system shared-memory regions (local clients only: they can read/write /dev/shm)."""
+    max_shm_regions: int = 256
+    """Most system shared-memory regions registered at once (each is one mapping)."""
 
     @classmethod
     def load(
@@ -93,7 +97,8 @@ class ServerSettings:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
-        for name in ("max_body_bytes", "max_header_bytes", "max_pipelined_requests", "grpc_max_message_bytes"):
+        for name in ("max_body_bytes", "max_header_bytes", "max_pipelined_requests", "grpc_max_message_bytes",
+                     "max_shm_regions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.http_port <= 65535:

@@ -99,6 +99,8 @@ class InferRequest:
     outputs the HTTP front must return in the binary extension (a front-end concern carried
     through so that the encoder knows; the core ignores it).
     ``timeout_us`` is the client's deadline budget (0: the model default).
+    ``shm_outputs`` maps the outputs the front must write into shared memory to their targets
+    (``gateway.shm.OutputTarget``; opaque here, and the core ignores it too).
     """
 
     model_name: str
@@ -110,6 +112,7 @@ class InferRequest:
     timeout_us: int = 0
     binary_outputs: frozenset[str] | None = None
     output_parameters: dict[str, dict[str, Any]] | None = None
+    shm_outputs: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

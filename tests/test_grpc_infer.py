@@ -118,8 +118,6 @@ def test_errors_map_to_status_codes(server: ServerThread) -> None:
         (lambda: c.infer("mlp", [make_input("INPUT0", np.zeros((1, 3), np.float32), "FP32")]),
          "INVALID_ARGUMENT", "INPUT0"),
         (lambda: c.infer("mlp", [make_input("WRONG", x, "FP32")]), "INVALID_ARGUMENT", "INPUT0"),
-        (lambda: c.get_system_shared_memory_status(), "UNIMPLEMENTED", "shared memory"),
-        (lambda: c.get_cuda_shared_memory_status(), "UNIMPLEMENTED", "shared memory"),
         (lambda: c.get_trace_settings(), "UNIMPLEMENTED", "trac"),
         (lambda: c.get_log_settings(), "UNIMPLEMENTED", "log"),
     ]

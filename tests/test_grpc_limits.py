@@ -78,6 +78,8 @@ class HoldingDataPlane:
     """Stands in for the data plane below the gRPC front (the only stub in this file): each
     request is held until the test releases it, so "held bytes" is exact, not a timing guess."""
 
+    shm = None
+
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.held = 0
@@ -109,8 +111,11 @@ def test_inflight_bytes_are_capped_and_given_back() -> None:
 
                 first = asyncio.ensure_future(stub.ModelInfer(request(), timeout=30))
                 second = asyncio.ensure_future(stub.ModelInfer(request(), timeout=30))
-                while dp.held < 2:
+                for _ in range(1000):
+                    if dp.held == 2:
+                        break
                     await asyncio.sleep(0.01)
+                assert dp.held == 2, "the first two requests were not both held"
                 with pytest.raises(grpc.aio.AioRpcError) as e:  # 4.5 MiB > 3 MiB: refused at once
                     await stub.ModelInfer(request(), timeout=30)
                 assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

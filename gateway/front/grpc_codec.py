@@ -11,6 +11,12 @@ the input: an unknown datatype, a negative dimension, raw contents whose size do
 shape x itemsize, a count of ``raw_input_contents`` that does not match the inputs, both raw
 and typed contents, typed contents of the wrong length. Whether names, shapes and datatypes
 fit the model is the core's check (``DataPlane.submit``).
+
+Shared memory (``gateway.shm``): an input whose parameters name a ``shared_memory_region`` is
+read from that region and takes no ``raw_input_contents`` entry (the raw contents belong, in
+order, to the other inputs, as in Triton); an output so named is written into its region and
+answered with an empty raw entry, so the raw contents stay aligned with the outputs. When
+every input has raw contents (the common case) no input's parameters are looked at.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import numpy as np
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import invalid
 from gateway.pb import service as pb
+from gateway.shm import REGION as SHM_REGION
+from gateway.shm import SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
 # Typed-contents field per datatype (KServe v2: narrow integers travel widened). FP16 and BF16
@@ -84,22 +92,30 @@ def params_to_pb(values: Mapping[str, Any], m: MutableMapping[str, Any]) -> None
 
 # ---- requests -------------------------------------------------------------------------------
 
-def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> InferRequest:
+def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0,
+                         shm: SharedMemoryRegistry | None = None) -> InferRequest:
     """ModelInferRequest -> InferRequest; raises GatewayError(INVALID_ARGUMENT) on malformed input.
 
     ``deadline_us`` is what is left of the client's gRPC deadline (0: none). The Triton
     ``timeout`` parameter (microseconds) also bounds the request; the tighter of the two wins.
+    ``shm``: the registered shared-memory regions (None: none served).
     """
     raw = msg.raw_input_contents
     n_raw = len(raw)
     tensors = msg.inputs
-    if n_raw and n_raw != len(tensors):
-        raise invalid(
-            f"request has {len(tensors)} inputs but {n_raw} raw_input_contents: "
-            "send raw contents for every input or for none"
-        )
+    # Only when some input has no raw contents can one be in shared memory.
+    maybe_shm = n_raw != len(tensors)
+    if maybe_shm and n_raw:
+        n_shm = sum(1 for t in tensors if SHM_REGION in t.parameters)
+        if n_raw + n_shm != len(tensors):
+            in_shm = f" ({n_shm} in shared memory)" if n_shm else ""
+            raise invalid(
+                f"request has {len(tensors)} inputs{in_shm} but {n_raw} raw_input_contents: "
+                "send raw contents for every input not in shared memory, or for none"
+            )
     inputs: dict[str, np.ndarray] = {}
-    for i, t in enumerate(tensors):
+    r = 0
+    for t in tensors:
         name = t.name
         datatype = t.datatype
         dtype = DATATYPE_TO_NUMPY.get(datatype)
@@ -114,10 +130,17 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
         if count == 0 and math.prod(d for d in shape if d) > MAX_ELEMENTS:
             # an empty tensor whose other dimensions no array can have (numpy refuses the shape)
             raise invalid(f"input '{name}': shape {list(shape)} is too large")
-        if n_raw:
+        if maybe_shm and SHM_REGION in t.parameters:
+            if t.HasField("contents"):
+                raise invalid(f"input '{name}': both a shared memory region and typed contents given")
+            if shm is None:
+                raise invalid(f"input '{name}': shared memory is not served here")
+            arr = shm.read_input(name, datatype, dtype, shape, count, params_from_pb(t.parameters) or {})
+        elif n_raw:
             if t.HasField("contents"):
                 raise invalid(f"input '{name}': both raw_input_contents and typed contents given")
-            arr = _from_raw(name, datatype, dtype, shape, count, raw[i])
+            arr = _from_raw(name, datatype, dtype, shape, count, raw[r])
+            r += 1
         else:
             arr = _from_contents(name, datatype, dtype, shape, count, t)
         if name in inputs:
@@ -133,6 +156,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
 
     outputs: list[str] | None = None
     output_parameters: dict[str, dict[str, Any]] | None = None
+    shm_outputs: dict[str, Any] | None = None
     if msg.outputs:
         outputs = []
         for o in msg.outputs:
@@ -140,7 +164,13 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
             if o.parameters:
                 if output_parameters is None:
                     output_parameters = {}
-                output_parameters[o.name] = params_from_pb(o.parameters)  # type: ignore[assignment]
+                p = output_parameters[o.name] = params_from_pb(o.parameters) or {}
+                if SHM_REGION in p:
+                    if shm is None:
+                        raise invalid(f"output '{o.name}': shared memory is not served here")
+                    if shm_outputs is None:
+                        shm_outputs = {}
+                    shm_outputs[o.name] = shm.output_target(o.name, p)
 
     return InferRequest(
         model_name=msg.model_name,
@@ -151,6 +181,7 @@ def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0) -> Inf
         parameters=parameters,
         timeout_us=timeout_us,
         output_parameters=output_parameters,
+        shm_outputs=shm_outputs,
     )
 
 
@@ -204,15 +235,20 @@ def _datatype_of(dtype: np.dtype) -> str:
     return name
 
 
-def encode_infer_response(resp: InferResponse) -> pb.ModelInferResponse:
-    """InferResponse -> ModelInferResponse with every output in ``raw_output_contents``."""
+def encode_infer_response(resp: InferResponse,
+                          shm: dict[str, dict[str, Any]] | None = None) -> pb.ModelInferResponse:
+    """InferResponse -> ModelInferResponse with every output in ``raw_output_contents``.
+    ``shm``: parameters of the outputs already written into shared memory (an empty raw entry each)."""
     msg = _ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)
     tensors = msg.outputs
     raw = msg.raw_output_contents
     for name, arr in resp.outputs.items():
         datatype = _datatype_of(arr.dtype)
-        tensors.add(name=name, datatype=datatype, shape=arr.shape)
-        if datatype == "BYTES":
+        tensor = tensors.add(name=name, datatype=datatype, shape=arr.shape)
+        if shm is not None and name in shm:
+            params_to_pb(shm[name], tensor.parameters)
+            raw.append(b"")
+        elif datatype == "BYTES":
             raw.append(encode_bytes_tensor(arr))
         elif arr.dtype.byteorder == ">":
             raw.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())

@@ -38,6 +38,7 @@ from gateway.front.grpc_stream import serve_stream
 from gateway.pb import add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
+from gateway.shm import SharedMemoryRegistry, write_outputs
 from gateway.types import InferRequest
 
 log = logging.getLogger(__name__)
@@ -108,10 +109,12 @@ class InferenceServicer:
         size = 0
         infer_request = None
         try:
-            infer_request = decode_infer_request(request, deadline_us(context))
+            infer_request = decode_infer_request(request, deadline_us(context), self._dp.shm)
             size = self._budget.take(infer_request)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True)
+            if infer_request.shm_outputs is not None:
+                return encode_infer_response(response, write_outputs(response.outputs, infer_request.shm_outputs))
             return encode_infer_response(response)
         except GatewayError as exc:
             status, message = _STATUS[exc.code], exc.message
@@ -161,27 +164,67 @@ class InferenceServicer:
             raise
         return pb.RepositoryModelUnloadResponse()
 
+    # ---- shared memory (gateway.shm) -------------------------------------------------------
+    async def _shm(self, context: Any) -> SharedMemoryRegistry:
+        if self._dp.shm is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "shared memory is not served here")
+        return self._dp.shm  # type: ignore[return-value]
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> pb.SystemSharedMemoryStatusResponse:
+        shm = await self._shm(context)
+        try:
+            regions = shm.status(request.name)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in regions:
+            s = resp.regions[r["name"]]
+            s.name, s.key, s.offset, s.byte_size = r["name"], r["key"], r["offset"], r["byte_size"]
+        return resp
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+        shm = await self._shm(context)
+        try:
+            shm.register(request.name, request.key, request.offset, request.byte_size)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+        shm = await self._shm(context)
+        if request.name:
+            shm.unregister(request.name)
+        else:
+            shm.unregister_all()
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> pb.CudaSharedMemoryStatusResponse:
+        shm = await self._shm(context)
+        try:
+            shm.cuda_status(request.name)  # never any region
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+        shm = await self._shm(context)
+        try:
+            shm.cuda_register(request.name)
+        except GatewayError as exc:
+            await context.abort(_STATUS[exc.code], exc.message)
+            raise
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+        shm = await self._shm(context)
+        shm.cuda_unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
     # ---- not served ------------------------------------------------------------------------
     async def _unimplemented(self, what: str, context: Any) -> Any:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not supported by this server")
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("system shared memory", context)
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        return await self._unimplemented("CUDA shared memory", context)
 
     async def TraceSetting(self, request: Any, context: Any) -> Any:
         return await self._unimplemented("tracing (TraceSetting)", context)

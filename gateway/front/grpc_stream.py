@@ -25,6 +25,7 @@ from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError
 from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
 from gateway.pb import service as pb
+from gateway.shm import write_outputs
 from gateway.types import InferResponse
 
 _StreamResponse = pb.ModelStreamInferResponse
@@ -72,9 +73,10 @@ class _Stream:
         seq = self.seq = self.seq + 1
         self.tickets[seq] = None  # placeholder: done may run before submit returns
         try:
-            request = decode_infer_request(msg)
+            request = decode_infer_request(msg, 0, self.dp.shm)
+            shm = request.shm_outputs
             self.sizes[seq] = self.budget.take(request)
-            ticket = self.dp.submit(request, lambda r, e: self.done(seq, msg, r, e))
+            ticket = self.dp.submit(request, lambda r, e: self.done(seq, msg, r, e, shm))
         except Exception as exc:  # every request gets its answer; the stream goes on
             self.budget.give(self.sizes.pop(seq, 0))
             if not isinstance(exc, GatewayError):
@@ -88,7 +90,7 @@ class _Stream:
             self.tickets[seq] = ticket
 
     def done(self, seq: int, msg: pb.ModelInferRequest, resp: InferResponse | None,
-             err: GatewayError | None) -> None:
+             err: GatewayError | None, shm: dict[str, Any] | None = None) -> None:
         self.budget.give(self.sizes.pop(seq, 0))
         if self.tickets.pop(seq, _GONE) is _GONE:
             return  # already answered or the stream is gone
@@ -96,7 +98,10 @@ class _Stream:
             self.answers.put_nowait(error_answer(msg, err.message))
         else:
             try:
-                answer = _StreamResponse(infer_response=encode_infer_response(resp))  # type: ignore[arg-type]
+                written = write_outputs(resp.outputs, shm) if shm is not None else None  # type: ignore[union-attr]
+                answer = _StreamResponse(infer_response=encode_infer_response(resp, written))  # type: ignore[arg-type]
+            except GatewayError as exc:  # e.g. an output region too small
+                answer = error_answer(msg, exc.message)
             except Exception as exc:  # an output we cannot encode: answer it, keep the stream
                 answer = error_answer(msg, f"cannot encode the response: {exc}")
             self.answers.put_nowait(answer)

@@ -19,9 +19,10 @@ import httptools
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, http_status
 from gateway.front.http_codec import decode_infer, dumps, encode_infer
-from gateway.front.http_routes import route_get, route_post_admin
+from gateway.front.http_routes import route_get, route_post_admin, route_post_now
 from gateway.metrics import render_metrics
 from gateway.settings import ServerSettings
+from gateway.shm import write_outputs
 from gateway.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -63,22 +64,33 @@ _BIN_CL = b"content-type: application/octet-stream\r\ninference-header-content-l
 class _Call:
     """The callback of one in-flight infer request: encode and write in request order."""
 
-    __slots__ = ("proto", "seq", "binary", "keep_alive")
+    __slots__ = ("proto", "seq", "binary", "keep_alive", "shm")
 
-    def __init__(self, proto: HttpProtocol, seq: int, binary: frozenset[str] | None, keep_alive: bool) -> None:
+    def __init__(self, proto: HttpProtocol, seq: int, binary: frozenset[str] | None, keep_alive: bool,
+                 shm: dict[str, Any] | None = None) -> None:
         self.proto = proto
         self.seq = seq
         self.binary = binary
         self.keep_alive = keep_alive
+        self.shm = shm  # outputs to write into shared memory (request.shm_outputs)
 
     def done(self, resp: InferResponse | None, err: GatewayError | None) -> None:
         proto = self.proto
         proto._tickets.pop(self.seq, None)
+        written = None
+        if err is None and self.shm is not None:
+            try:
+                written = write_outputs(resp.outputs, self.shm)  # type: ignore[union-attr]
+            except GatewayError as exc:
+                err = exc
+            except Exception as exc:
+                log.exception("writing outputs into shared memory failed")
+                err = GatewayError(Code.INTERNAL, f"cannot write outputs into shared memory: {exc}")
         if err is not None:
             data = error_response(err, not self.keep_alive)
         else:
             try:
-                body, hlen = encode_infer(resp, self.binary)  # type: ignore[arg-type]
+                body, hlen = encode_infer(resp, self.binary, written)  # type: ignore[arg-type]
             except Exception as exc:  # an output we cannot serialise must not kill the connection
                 log.exception("encoding response failed")
                 data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"))
@@ -305,8 +317,8 @@ class HttpProtocol(asyncio.Protocol):
                 try:
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
-                    req: InferRequest = decode_infer(body, header_len, route[0], route[1])
-                    call = _Call(self, seq, req.binary_outputs, keep_alive)
+                    req: InferRequest = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
+                    call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs)
                     self._tickets[seq] = self._dataplane.submit(req, call.done)
                 except GatewayError as err:
                     self._write_in_order(seq, error_response(err, not keep_alive), not keep_alive)
@@ -361,6 +373,10 @@ class HttpProtocol(asyncio.Protocol):
             payload = b"" if doc is None else dumps(doc)
             return build_response(status, payload, close=close)
         if method == b"POST":
+            now = route_post_now(self._dataplane, path, body)
+            if now is not None:  # answered at once, so a pipelined request after it sees its effect
+                status, doc = now
+                return build_response(status, b"" if doc is None else dumps(doc), close=close)
             coro = route_post_admin(self._dataplane, path, body)
             if coro is None:
                 raise GatewayError(Code.NOT_FOUND, f"no route for POST {path}")

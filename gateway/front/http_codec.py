@@ -4,6 +4,10 @@ Decode keeps binary tensors as zero-copy numpy views over the request body; JSON
 arrays go straight into typed buffers through the native ``list_to_array`` (no numpy type
 discovery). Encode serialises numpy outputs with orjson's native numpy support.
 Every malformed body raises ``GatewayError(INVALID_ARGUMENT)`` naming what is wrong.
+
+Shared memory (``gateway.shm``): an input or requested output whose ``parameters`` name a
+``shared_memory_region`` is read from / written to that region; its parameters are looked at
+only on the general path (inputs with parameters never take the native fast path).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import orjson
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
+from gateway.shm import REGION as SHM_REGION
+from gateway.shm import SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
 _loads = orjson.loads
@@ -24,8 +30,10 @@ _dumps = orjson.dumps
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
 
 
-def decode_infer(body: bytes, header_length: int, model: str, version: str) -> InferRequest:
-    """Parse an infer request body. ``header_length`` < 0: all JSON; else the binary extension."""
+def decode_infer(body: bytes, header_length: int, model: str, version: str,
+                 shm: SharedMemoryRegistry | None = None) -> InferRequest:
+    """Parse an infer request body. ``header_length`` < 0: all JSON; else the binary extension.
+    ``shm``: the registered shared-memory regions (None: none served)."""
     if header_length >= 0:
         if header_length > len(body):
             raise invalid(f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)")
@@ -54,7 +62,7 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str) -> I
         if fast is not None:
             name, arr = fast
         else:
-            arr, offset = _decode_input(inp, i, body, offset)
+            arr, offset = _decode_input(inp, i, body, offset, shm)
             name = inp["name"]
         if name in tensors:
             raise invalid(f"input '{name}' appears twice")
@@ -81,13 +89,14 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str) -> I
             req.timeout_us = t
     outputs = obj.get("outputs")
     if outputs is not None:
-        _decode_outputs(req, outputs, binary_all)
+        _decode_outputs(req, outputs, binary_all, shm)
     elif binary_all:
         req.binary_outputs = frozenset(["*"])
     return req
 
 
-def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
+                  shm: SharedMemoryRegistry | None) -> tuple[np.ndarray, int]:
     name = inp.get("name")
     if not isinstance(name, str):
         raise invalid(f"inputs[{i}] needs a string 'name'")
@@ -105,6 +114,8 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int) -> tupl
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
+        if len(params) > 1 and SHM_REGION in params:  # type: ignore[arg-type,operator]  # a dict here
+            raise invalid(f"input '{name}' has both binary data and a shared memory region")
         if offset + size > len(body):
             raise invalid(f"input '{name}': binary_data_size {size} runs past the end of the body")
         if datatype == "BYTES":
@@ -119,7 +130,14 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int) -> tupl
             arr = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
         return arr.reshape(shape), offset + size
     if "data" not in inp:
-        raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+        if isinstance(params, dict) and SHM_REGION in params:
+            if shm is None:
+                raise invalid(f"input '{name}': shared memory is not served here")
+            return shm.read_input(name, str(datatype), dtype, shape, count, params), offset
+        raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size "
+                      "nor parameters.shared_memory_region")
+    if isinstance(params, dict) and SHM_REGION in params:
+        raise invalid(f"input '{name}' has both 'data' and a shared memory region")
     data = inp["data"]
     if datatype == "BYTES":
         arr = _bytes_from_json(name, data, count)
@@ -151,11 +169,12 @@ def _bytes_from_json(name: str, data: Any, count: int) -> np.ndarray:
     return arr
 
 
-def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool) -> None:
+def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: SharedMemoryRegistry | None) -> None:
     if not isinstance(outputs, list):
         raise invalid("'outputs' must be a list")
     names: list[str] = []
     binary: set[str] = set()
+    targets: dict[str, Any] | None = None
     for j, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise invalid(f"outputs[{j}] needs a string 'name'")
@@ -165,6 +184,13 @@ def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool) -> None:
         if isinstance(p, dict):
             if p.get("classification"):
                 raise invalid(f"output '{name}': the classification extension is not supported")
+            if SHM_REGION in p:  # written into the region, never sent
+                if shm is None:
+                    raise invalid(f"output '{name}': shared memory is not served here")
+                if targets is None:
+                    targets = req.shm_outputs = {}
+                targets[name] = shm.output_target(name, p)
+                continue
             flag = p.get("binary_data")
             if flag is True or (flag is None and binary_all):
                 binary.add(name)
@@ -216,9 +242,11 @@ def _encode_json_fast(resp: InferResponse) -> bytes | None:
     return b"".join(parts)
 
 
-def encode_infer(resp: InferResponse, binary: frozenset[str] | None) -> tuple[bytes, int]:
-    """Serialise a response; returns (body, json header length or -1 when all JSON)."""
-    if binary is None:
+def encode_infer(resp: InferResponse, binary: frozenset[str] | None,
+                 shm: dict[str, dict[str, Any]] | None = None) -> tuple[bytes, int]:
+    """Serialise a response; returns (body, json header length or -1 when all JSON).
+    ``shm``: parameters of the outputs already written into shared memory (sent without data)."""
+    if binary is None and shm is None:
         fast = _encode_json_fast(resp)
         if fast is not None:
             return fast, -1
@@ -227,7 +255,9 @@ def encode_infer(resp: InferResponse, binary: frozenset[str] | None) -> tuple[by
     every = binary is not None and "*" in binary
     for name, arr in resp.outputs.items():
         datatype = numpy_to_datatype(arr.dtype)
-        if binary is not None and (every or name in binary):
+        if shm is not None and name in shm:
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "parameters": shm[name]})
+        elif binary is not None and (every or name in binary):
             raw = encode_bytes_tensor(arr) if datatype == "BYTES" else arr.tobytes()
             chunks.append(raw)
             outputs.append({"name": name, "datatype": datatype, "shape": arr.shape,

@@ -1,4 +1,4 @@
-"""The non-inference REST routes: health, metadata, config, statistics, repository.
+"""The non-inference REST routes: health, metadata, config, statistics, repository, shared memory.
 
 Kept apart from the connection code so that the hot path module stays about bytes and order.
 Each route returns (status, JSON-able document or None) and raises GatewayError on failure.
@@ -14,6 +14,7 @@ import orjson
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, invalid
+from gateway.shm import SharedMemoryRegistry
 
 Doc = tuple[int, Any]
 
@@ -59,7 +60,59 @@ def route_get(dp: DataPlane, path: str) -> Doc:
             return 200, dp.model_config(name, version)
         if rest == ["stats"]:
             return 200, dp.model_statistics(name, version)
+    if len(parts) >= 3 and parts[0] == "v2" and parts[-1] == "status" and parts[1] in _SHM_KINDS:
+        # v2/{system,cuda}sharedmemory[/region/NAME]/status
+        region = _shm_region(parts)
+        if region is not None:
+            shm = _shm(dp)
+            if parts[1] == "systemsharedmemory":
+                return 200, shm.status(region)
+            return 200, shm.cuda_status(region)
     raise GatewayError(Code.NOT_FOUND, f"no route for GET {path}")
+
+
+_SHM_KINDS = ("systemsharedmemory", "cudasharedmemory")
+
+
+def _shm_region(parts: list[str]) -> str | None:
+    """Region name of v2/KIND[/region/NAME]/ACTION ("" without one); None: not such a path."""
+    if len(parts) == 3:
+        return ""
+    if len(parts) == 5 and parts[2] == "region" and parts[3]:
+        return unquote(parts[3])
+    return None
+
+
+def _shm(dp: DataPlane) -> SharedMemoryRegistry:
+    if dp.shm is None:
+        raise GatewayError(Code.UNIMPLEMENTED, "shared memory is not served here")
+    return dp.shm
+
+
+def route_post_now(dp: DataPlane, path: str, body: bytes) -> Doc | None:
+    """POST routes answered synchronously (shared-memory registration); None: not one of them."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 3 or parts[0] != "v2" or parts[1] not in _SHM_KINDS:
+        return None
+    action = parts[-1]
+    region = _shm_region(parts)
+    if region is None or action not in ("register", "unregister") or (action == "register" and not region):
+        return None
+    shm = _shm(dp)
+    cuda = parts[1] == "cudasharedmemory"
+    if action == "unregister":
+        if cuda:
+            shm.cuda_unregister(region)
+        elif region:
+            shm.unregister(region)
+        else:
+            shm.unregister_all()
+        return 200, None
+    doc = _json_body(body)
+    if cuda:
+        shm.cuda_register(region)
+    shm.register(region, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+    return 200, None
 
 
 def _json_body(body: bytes) -> dict[str, Any]:
