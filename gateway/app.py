@@ -3,6 +3,10 @@
 Nothing else constructs these; everything is passed down through constructors.
 ``serve`` is the process entry point: uvloop (or asyncio), signal handling and graceful
 shutdown (SIGTERM/SIGINT: stop accepting, finish in-flight requests, exit 0).
+
+``--workers N`` runs N such processes on the same ports. They share nothing but a private
+directory of statistics snapshots (``gateway.workers``), so that every scrape shows the sum over
+all of them; repository load/unload is refused there, since it would reach one worker only.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +28,21 @@ from gateway.metrics import make_metrics_registry
 from gateway.registry import ModelRegistry
 from gateway.route import Router
 from gateway.settings import ServerSettings
+from gateway.workers import REPOSITORY_LOCKED, WorkerStats
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Which of ``workers`` processes this is, and where the workers share their statistics."""
+
+    index: int
+    stats_dir: str
+
+
 class App:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, worker: WorkerSlot | None = None) -> None:
         self.settings = settings
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if settings.demo and not settings.model_repository:
@@ -39,8 +54,14 @@ class App:
             self.repository = Path(settings.model_repository)
         self.registry = ModelRegistry(self.repository)
         self.router = Router(self.registry)
-        self.dataplane = DataPlane(self.registry, self.router)
-        self.metrics = make_metrics_registry(self.registry)
+        self.worker_stats: WorkerStats | None = None
+        locked = REPOSITORY_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
+        self.dataplane = DataPlane(self.registry, self.router, repository_locked=locked)
+        if worker is not None:
+            self.worker_stats = WorkerStats(worker.stats_dir, worker.index, settings.worker_stats_interval_s,
+                                            self.dataplane.export)
+            self.dataplane.peers = self.worker_stats.peers
+        self.metrics = make_metrics_registry(self.dataplane)
         self.http = HttpFront(self.dataplane, settings, self.metrics)
         self.grpc: Any = None
 
@@ -59,6 +80,8 @@ class App:
             from gateway.front.grpc_server import start_grpc_front
 
             self.grpc = await start_grpc_front(self.dataplane, self.settings)
+        if self.worker_stats is not None:
+            self.worker_stats.start()
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -66,6 +89,8 @@ class App:
             await asyncio.gather(self.http.stop(grace), self.grpc.stop(grace))
         else:
             await self.http.stop(grace)
+        if self.worker_stats is not None:
+            self.worker_stats.stop()  # the final numbers, for peers still answering scrapes
         await self.registry.close()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -79,8 +104,8 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-async def _main(settings: ServerSettings) -> int:
-    app = App(settings)
+async def _main(settings: ServerSettings, worker: WorkerSlot | None = None) -> int:
+    app = App(settings, worker)
     await app.start()
     # Everything loaded so far (models, sessions, modules) lives for the whole process: move it
     # out of the collector's sight, and collect the young generation less often. The request path
@@ -114,26 +139,34 @@ def serve(settings: ServerSettings) -> int:
     return _serve_one(settings)
 
 
-def _serve_one(settings: ServerSettings) -> int:
+def _serve_one(settings: ServerSettings, worker: WorkerSlot | None = None) -> int:
     """One server process (a worker too: its settings keep ``workers`` so it binds with SO_REUSEPORT)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = new_event_loop(settings.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_main(settings))
+        return loop.run_until_complete(_main(settings, worker))
     finally:
         loop.close()
 
 
 def _serve_workers(settings: ServerSettings) -> int:
-    """Run ``workers`` independent server processes on the same ports (SO_REUSEPORT; the kernel
-    spreads connections). Replicas share nothing, so this is the one-host form of scaling out.
-    SIGTERM/SIGINT are forwarded; each worker drains its own in-flight requests."""
+    """Run ``workers`` server processes on the same ports (SO_REUSEPORT; the kernel spreads
+    connections). They serve independently and share only statistics snapshots, in a private
+    directory removed when all have exited. SIGTERM/SIGINT are forwarded; each worker drains its
+    own in-flight requests."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_serve_one, args=(settings,), name=f"gateway-worker-{i}")
+    stats_dir = tempfile.mkdtemp(prefix="gateway-workers-")
+    try:
+        return _run_workers(settings, multiprocessing.get_context("spawn"), stats_dir)
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+def _run_workers(settings: ServerSettings, ctx: Any, stats_dir: str) -> int:
+    procs = [ctx.Process(target=_serve_one, args=(settings, WorkerSlot(i, stats_dir)), name=f"gateway-worker-{i}")
              for i in range(settings.workers)]
     for p in procs:
         p.start()

@@ -56,6 +56,8 @@ class ServerSettings:
     """Event loop: uvloop or asyncio."""
     workers: int = 1
     """Server processes sharing the ports (SO_REUSEPORT); each loads its own models. >1 needs fixed ports."""
+    worker_stats_interval_s: float = 0.5
+    """With workers > 1: how often each worker shares its statistics (the staleness bound of a scrape)."""
 
     @classmethod
     def load(
@@ -94,6 +96,8 @@ class ServerSettings:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
             raise ValueError(f"setting grpc_port out of range: {self.grpc_port}")
+        if self.worker_stats_interval_s <= 0:
+            raise ValueError(f"setting worker_stats_interval_s must be > 0, got {self.worker_stats_interval_s}")
         if self.workers < 1:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):

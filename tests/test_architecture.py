@@ -27,7 +27,7 @@ ALLOWED = {
                  "validate"},
     "triton_config": {"pb", "model_config"},  # the config schema only, parsed from text
     "route": {"registry", "types"},
-    "dataplane": {"__init__", "batcher", "errors", "registry", "route", "types"},
+    "dataplane": {"__init__", "batcher", "errors", "registry", "route", "stats", "types"},
 }
 # the core never speaks a wire protocol
 WIRE = ["grpc", "gateway.pb", "gateway.front", "httptools", "orjson"]

@@ -103,11 +103,15 @@ class InferenceServicer:
 
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        req = None
         try:
+            req = decode_infer_request(request, deadline_us(context))
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
-            response = await self._dp.infer(decode_infer_request(request, deadline_us(context)), eager=True)
+            response = await self._dp.infer(req, eager=True)
             return encode_infer_response(response)
         except GatewayError as exc:
+            if req is None:  # not decoded (the data plane counts its own rejections and failures)
+                self._dp.record_rejected(request.model_name, request.model_version, exc.code)
             await context.abort(_STATUS[exc.code], exc.message)
             raise
         except Exception as exc:  # a bug must still reach the client as INTERNAL with a message

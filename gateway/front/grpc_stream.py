@@ -67,9 +67,13 @@ class _Stream:
     def submit(self, msg: pb.ModelInferRequest) -> None:
         seq = self.seq = self.seq + 1
         self.tickets[seq] = None  # placeholder: done may run before submit returns
+        req = None
         try:
-            ticket = self.dp.submit(decode_infer_request(msg), lambda r, e: self.done(seq, msg, r, e))
+            req = decode_infer_request(msg)
+            ticket = self.dp.submit(req, lambda r, e: self.done(seq, msg, r, e))
         except GatewayError as exc:
+            if req is None:  # not decoded (submit counts its own rejections)
+                self.dp.record_rejected(msg.model_name, msg.model_version, exc.code)
             del self.tickets[seq]
             self.answers.put_nowait(error_answer(msg, exc.message))
             return
