@@ -7,8 +7,9 @@ HTTP and gRPC) show the sum over all workers:
 - the parent creates a private directory (``mkdtemp``: mode 0700) and removes it once every
   worker has exited;
 - each worker writes its own counters there every ``worker_stats_interval_s`` from a loop timer
-  (never per request): JSON to a temporary name, then ``os.replace``, so a reader sees a whole old
-  or a whole new file, never a torn one; and once more after it has drained at shutdown;
+  (never per request; the numbers are read on the loop, the file written from a thread): JSON to
+  a temporary name, then ``os.replace``, so a reader sees a whole old or a whole new file, never a
+  torn one; and once more after it has drained at shutdown;
 - the worker that answers a scrape adds its live numbers to the other workers' latest files.
 
 Staleness: the other workers' part of a scrape is at most one interval old, plus the time their
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,28 +49,44 @@ class WorkerStats:
         self.path = self.directory / f"{_PREFIX}{index}{_SUFFIX}"
         self._tmp = self.directory / f".{_PREFIX}{index}{_SUFFIX}.tmp"
         self._timer: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Future[None] | None = None
+        self._lock = threading.Lock()
+        self._seq = 0  # snapshots taken
+        self._written = 0  # the newest one written
 
     # ---- writing ---------------------------------------------------------------------------
-    def write(self) -> None:
-        doc = self.export()
+    def _doc(self) -> tuple[int, bytes]:
+        self._seq += 1
+        doc = self.export()  # on the loop thread: the numbers are only consistent there
         doc["worker"] = self.index
         doc["pid"] = os.getpid()
         doc["written_at"] = time.time()
-        try:
-            self._tmp.write_bytes(orjson.dumps(doc))
-            os.replace(self._tmp, self.path)
-        except OSError as exc:  # a full or vanished directory must not stop the worker serving
-            log.warning("cannot write the worker statistics snapshot %s: %s", self.path, exc)
+        return self._seq, orjson.dumps(doc)
+
+    def _write(self, snapshot: tuple[int, bytes]) -> None:
+        seq, data = snapshot
+        with self._lock:  # the final write at stop may meet a periodic one still in its thread
+            if seq <= self._written:
+                return  # a newer snapshot is already there
+            self._written = seq
+            try:
+                self._tmp.write_bytes(data)
+                os.replace(self._tmp, self.path)
+            except OSError as exc:  # a full or vanished directory must not stop the worker serving
+                log.warning("cannot write the worker statistics snapshot %s: %s", self.path, exc)
 
     def start(self) -> None:
-        self.write()
+        self._write(self._doc())
         self._schedule()
 
     def _schedule(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(self.interval_s, self._tick)
 
     def _tick(self) -> None:
-        self.write()
+        # The file I/O (most of a write's ~1 ms) goes to a thread, off the loop; a tick that finds
+        # the previous write still running skips a turn rather than queueing writes up.
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._write, self._doc())
         self._schedule()
 
     def stop(self) -> None:
@@ -76,7 +94,7 @@ class WorkerStats:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.write()
+        self._write(self._doc())
 
     # ---- reading ---------------------------------------------------------------------------
     def peers(self) -> list[dict[str, Any]]:

@@ -155,3 +155,19 @@ def test_every_scrape_sums_all_workers_and_repository_changes_are_refused(two_wo
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, "".join(lines)
     assert not stats_dir.exists()  # the snapshots are removed at shutdown
+
+
+def test_peers_read_the_newest_snapshot_whatever_order_the_writes_finish(tmp_path: Path) -> None:
+    """The final write at shutdown may race a periodic one still in its thread: the older loses."""
+    from gateway.workers import WorkerStats
+
+    n = [0]
+    w = WorkerStats(tmp_path, 0, 1.0, lambda: {"versions": [], "unresolved": [], "n": n[0]})
+    older = w._doc()
+    n[0] = 1
+    newer = w._doc()
+    w._write(newer)
+    w._write(older)  # finishes last, was taken first
+    (tmp_path / "worker-2.json").write_bytes(b"{not json")  # a damaged file is skipped
+    peer = WorkerStats(tmp_path, 1, 1.0, lambda: {})
+    assert [d["n"] for d in peer.peers()] == [1]
