@@ -4,6 +4,10 @@ Nothing else constructs these; everything is passed down through constructors.
 ``serve`` is the process entry point: uvloop (or asyncio), signal handling and graceful
 shutdown (SIGTERM: not-ready for ``drain_s`` while still serving, then stop accepting, finish
 in-flight requests, exit 0; SIGINT skips the drain).
+
+``--workers N`` runs N such processes on the same ports. They share nothing but a private
+directory of statistics snapshots (``gateway.workers``), so that every scrape shows the sum over
+all of them; repository load/unload is refused there, since it would reach one worker only.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +30,21 @@ from gateway.registry import ModelRegistry
 from gateway.route import Router
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry
+from gateway.workers import REPOSITORY_LOCKED, WorkerStats
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerSlot:
+    """Which of ``workers`` processes this is, and where the workers share their statistics."""
+
+    index: int
+    stats_dir: str
+
+
 class App:
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, worker: WorkerSlot | None = None) -> None:
         self.settings = settings
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if settings.demo and not settings.model_repository:
@@ -42,8 +57,14 @@ class App:
         self.registry = ModelRegistry(self.repository)
         self.router = Router(self.registry)
         self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
-        self.dataplane = DataPlane(self.registry, self.router, shm=self.shm)
-        self.metrics = make_metrics_registry(self.registry)
+        self.worker_stats: WorkerStats | None = None
+        locked = REPOSITORY_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
+        self.dataplane = DataPlane(self.registry, self.router, shm=self.shm, repository_locked=locked)
+        if worker is not None:
+            self.worker_stats = WorkerStats(worker.stats_dir, worker.index, settings.worker_stats_interval_s,
+                                            self.dataplane.export)
+            self.dataplane.peers = self.worker_stats.peers
+        self.metrics = make_metrics_registry(self.dataplane)
         self.http = HttpFront(self.dataplane, settings, self.metrics)
         self.grpc: Any = None
 
@@ -62,6 +83,8 @@ class App:
             from gateway.front.grpc_server import start_grpc_front
 
             self.grpc = await start_grpc_front(self.dataplane, self.settings)
+        if self.worker_stats is not None:
+            self.worker_stats.start()
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
@@ -69,6 +92,8 @@ class App:
             await asyncio.gather(self.http.stop(grace), self.grpc.stop(grace))
         else:
             await self.http.stop(grace)
+        if self.worker_stats is not None:
+            self.worker_stats.stop()  # the final numbers, for peers still answering scrapes
         await self.registry.close()
         self.shm.close()
         if self._tmp is not None:
@@ -83,8 +108,14 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-async def _main(settings: ServerSettings) -> int:
-    app = App(settings)
+async def _main(settings: ServerSettings, worker: WorkerSlot | None = None) -> int:
+    # Signal handlers first: the HTTP front answers ready as soon as it listens, and a SIGTERM
+    # that came before the handlers would kill the process with requests in flight.
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    app = App(settings, worker)
     await app.start()
     # Everything loaded so far (models, sessions, modules) lives for the whole process: move it
     # out of the collector's sight, and collect the young generation less often. The request path
@@ -92,10 +123,6 @@ async def _main(settings: ServerSettings) -> int:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    loop = asyncio.get_running_loop()
-    signals: asyncio.Queue[int] = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, signals.put_nowait, sig)
     models = ", ".join(f"{m.name}:{m.version}" for m in app.registry.versions()) or "none"
     print(f"gateway ready: HTTP on {settings.host}:{app.http_port}"
           + (f", gRPC on {settings.host}:{app.grpc_port}" if app.grpc else "")
@@ -134,26 +161,34 @@ def serve(settings: ServerSettings) -> int:
     return _serve_one(settings)
 
 
-def _serve_one(settings: ServerSettings) -> int:
+def _serve_one(settings: ServerSettings, worker: WorkerSlot | None = None) -> int:
     """One server process (a worker too: its settings keep ``workers`` so it binds with SO_REUSEPORT)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = new_event_loop(settings.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_main(settings))
+        return loop.run_until_complete(_main(settings, worker))
     finally:
         loop.close()
 
 
 def _serve_workers(settings: ServerSettings) -> int:
-    """Run ``workers`` independent server processes on the same ports (SO_REUSEPORT; the kernel
-    spreads connections). Replicas share nothing, so this is the one-host form of scaling out.
-    SIGTERM/SIGINT are forwarded; each worker drains its own in-flight requests."""
+    """Run ``workers`` server processes on the same ports (SO_REUSEPORT; the kernel spreads
+    connections). They serve independently and share only statistics snapshots, in a private
+    directory removed when all have exited. SIGTERM/SIGINT are forwarded; each worker drains its
+    own in-flight requests."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_serve_one, args=(settings,), name=f"gateway-worker-{i}")
+    stats_dir = tempfile.mkdtemp(prefix="gateway-workers-")
+    try:
+        return _run_workers(settings, multiprocessing.get_context("spawn"), stats_dir)
+    finally:
+        shutil.rmtree(stats_dir, ignore_errors=True)
+
+
+def _run_workers(settings: ServerSettings, ctx: Any, stats_dir: str) -> int:
+    procs = [ctx.Process(target=_serve_one, args=(settings, WorkerSlot(i, stats_dir)), name=f"gateway-worker-{i}")
              for i in range(settings.workers)]
     for p in procs:
         p.start()

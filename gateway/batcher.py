@@ -85,6 +85,7 @@ class Batcher:
                                 config.preferred_batch_sizes, config.max_queue_size,
                                 config.release_on_deadline)
         self.in_flight = 0
+        self.executing = 0  # queued units handed to an async backend and not back yet
         self.compute_estimate_s = 0.0
         self._soon: asyncio.Handle | None = None  # a flush on the next loop pass
         self._timer: asyncio.TimerHandle | None = None  # a flush when a delay or deadline comes due
@@ -97,6 +98,12 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
+    def outstanding(self) -> tuple[int, int]:
+        """(units queued, units executing) now, for gauges read at scrape time (walks the queue).
+        A unit is a request, or one chunk of a request split above max_batch_size."""
+        queued = sum(1 for q in self.queue.buckets.values() for p in q if not p.cancelled)
+        return queued, self.executing
+
     # ---- intake ----------------------------------------------------------------------------
     def submit(self, request: InferRequest, done: Done, eager: bool = False) -> Ticket | SplitGroup:
         """Queue a request. ``eager``: when the backend is idle, runs inline, nothing is queued and
@@ -107,7 +114,6 @@ class Batcher:
         rows = check_request(self.sig, request)
         q = self.queue
         if not q.has_room(rows):
-            self.stats.record_failures(Code.RESOURCE_EXHAUSTED.name, 1)
             raise GatewayError(Code.RESOURCE_EXHAUSTED,
                                f"model '{self.name}' queue is full ({q.max_queue_rows} rows queued at most)",
                                retry_after_s=1)
@@ -197,11 +203,13 @@ class Batcher:
             self._complete(items, rows, outputs, err, t0, t1)
         else:
             self.in_flight += 1
+            self.executing += len(items)
             self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1))
 
     def _async_done(self, items: list[Pending], rows: int, t0: float, t1: float, outputs: Outputs | None,
                     err: BaseException | None) -> None:
         self.in_flight -= 1
+        self.executing -= len(items)
         if err is not None and not isinstance(err, GatewayError):
             err = GatewayError(Code.INTERNAL, f"model '{self.name}' failed: {err}")
         self._complete(items, rows, outputs, err, t0, t1)  # type: ignore[arg-type]

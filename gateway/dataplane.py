@@ -8,6 +8,15 @@ KServe v2 / Triton JSON shapes, which the gRPC front converts to protobuf.
 
 Errors are ``GatewayError`` with a neutral ``Code``; the fronts map them through
 ``gateway.errors``.
+
+Failures are counted where they are known, off the success path: the batcher counts those after
+a request was queued, ``submit`` those it rejects (unknown version, bad shape, queue full, ...),
+and the fronts call ``record_rejected`` for requests they could not decode. A failure that names
+no loaded version is counted server-wide (``unresolved``), under the model's name when that model
+is known to the repository and under "" otherwise (client-chosen names never become labels).
+
+Statistics (``version_totals``, ``unresolved_totals``) are this process's, plus, with
+``--workers N``, the latest snapshots of the other workers (``peers``; see ``gateway.workers``).
 """
 
 from __future__ import annotations
@@ -18,10 +27,11 @@ from typing import Any
 
 from gateway import __version__
 from gateway.batcher import SplitGroup, Ticket
-from gateway.errors import GatewayError, not_found
+from gateway.errors import Code, GatewayError, not_found
 from gateway.registry import ModelRegistry, ModelVersion
 from gateway.route import Router
 from gateway.shm import SharedMemoryRegistry
+from gateway.stats import Totals
 from gateway.types import InferRequest, InferResponse
 
 DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]
@@ -37,11 +47,18 @@ class DataPlane:
     """Facade over registry + router + batchers. Owns no I/O of its own."""
 
     def __init__(self, registry: ModelRegistry, router: Router, server_name: str = "inference-gateway",
-                 shm: SharedMemoryRegistry | None = None) -> None:
+                 shm: SharedMemoryRegistry | None = None,
+                 peers: Callable[[], list[dict[str, Any]]] | None = None, repository_locked: str = "") -> None:
+        """``shm``: system shared-memory regions, for the fronts' decode and encode (None: not served).
+        ``peers``: the other workers' latest snapshot documents (``export`` form), read per scrape.
+        ``repository_locked``: when set, load/unload are refused with this message (``--workers N``)."""
         self.registry = registry
         self.router = router
         self.server_name = server_name
-        self.shm = shm  # system shared-memory regions, for the fronts' decode and encode (None: not served)
+        self.shm = shm
+        self.peers = peers
+        self.repository_locked = repository_locked
+        self.unresolved: dict[tuple[str, str], int] = {}  # (model label, Code name) -> failed requests
         extensions = SERVED_EXTENSIONS + ([SHM_EXTENSION] if shm is not None and shm.enabled else [])
         self._metadata = {"name": server_name, "version": __version__, "extensions": extensions}
         self.draining = False
@@ -72,12 +89,66 @@ class DataPlane:
 
     def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         """Triton statistics extension: {"model_stats": [...]} for one model/version or all."""
-        stats = []
-        for mv in self.registry.versions(name, version):
-            stats.append(mv.stats.snapshot().to_json(mv.name, mv.version))
+        stats = [t.to_json(n, v) for (n, v), t in self.version_totals(name, version).items()]
         if name and not stats:
             raise not_found(f"unknown model '{name}'" + (f" version '{version}'" if version else ""))
         return {"model_stats": stats}
+
+    # ---- statistics, summed over workers ---------------------------------------------------
+    def local_totals(self, name: str = "", version: str = "") -> dict[tuple[str, str], Totals]:
+        """This process's numbers per (model, version), gauges read from the batchers now."""
+        return {(mv.name, mv.version): mv.stats.totals(*mv.batcher.outstanding())
+                for mv in self.registry.versions(name, version)}
+
+    def peer_docs(self) -> list[dict[str, Any]]:
+        """The other workers' latest snapshot documents (none with one worker)."""
+        return self.peers() if self.peers is not None else []
+
+    def version_totals(self, name: str = "", version: str = "",
+                       peers: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], Totals]:
+        """Per (model, version): this process's numbers plus the other workers' latest snapshots
+        (``peers``, when the caller already read them)."""
+        out = self.local_totals(name, version)
+        for doc in self.peer_docs() if peers is None else peers:
+            for n, v, tdoc in doc.get("versions", ()):
+                if name and (n != name or (version and v != version)):  # as registry.versions filters
+                    continue
+                try:
+                    t = Totals.from_doc(tdoc)
+                except (KeyError, TypeError, ValueError):  # not ours, or damaged: skip, never fail a scrape
+                    continue
+                mine = out.get((n, v))
+                if mine is None:
+                    out[(n, v)] = t
+                else:
+                    mine.merge(t)
+        return out
+
+    def unresolved_totals(self, peers: list[dict[str, Any]] | None = None) -> dict[tuple[str, str], int]:
+        """Failures that named no loaded version, per (model label, Code name), summed over workers."""
+        out = dict(self.unresolved)
+        for doc in self.peer_docs() if peers is None else peers:
+            for model, code, n in doc.get("unresolved", ()):
+                out[(model, code)] = out.get((model, code), 0) + int(n)
+        return out
+
+    def export(self) -> dict[str, Any]:
+        """This process's statistics as a JSON-able document, the form ``peers`` returns."""
+        return {"versions": [[n, v, t.to_doc()] for (n, v), t in self.local_totals().items()],
+                "unresolved": [[m, c, n] for (m, c), n in self.unresolved.items()]}
+
+    def record_rejected(self, model: str, version: str, code: Code) -> None:
+        """An infer request answered with an error before it reached a batcher (the fronts call this
+        for requests they could not decode). Counted against the version it names, if loaded; else
+        server-wide. Off the success path: called once per failed request."""
+        try:
+            mv = self.registry.get(model, version, require_ready=False)
+        except GatewayError:
+            known = model in self.registry.models or model in self.registry.errors
+            key = (model if known else "", code.name)
+            self.unresolved[key] = self.unresolved.get(key, 0) + 1
+            return
+        mv.stats.record_failures(code.name, 1)
 
     # ---- inference -----------------------------------------------------------------------
     def resolve(self, request: InferRequest) -> ModelVersion:
@@ -86,10 +157,20 @@ class DataPlane:
     def submit(self, request: InferRequest, done: DoneCallback, eager: bool = False) -> Ticket | SplitGroup:
         """Queue a request; ``done`` is called exactly once, on the loop thread, unless cancelled.
 
-        Validation errors raise ``GatewayError`` synchronously (nothing queued). Calling
+        Validation errors raise ``GatewayError`` synchronously (nothing queued), counted here. Calling
         ``ticket.cancel()`` before the batch runs drops the request and ``done`` is never called.
         """
-        return self.router.resolve(request).batcher.submit(request, done, eager)
+        # try costs nothing on the success path (3.11+); only a rejection pays for its counting
+        try:
+            mv = self.router.resolve(request)
+        except GatewayError as exc:
+            self.record_rejected(request.model_name, request.model_version, exc.code)
+            raise
+        try:
+            return mv.batcher.submit(request, done, eager)
+        except GatewayError as exc:
+            mv.stats.record_failures(exc.code.name, 1)
+            raise
 
     async def infer(self, request: InferRequest, eager: bool = False) -> InferResponse:
         """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work.
@@ -116,8 +197,14 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         return self.registry.index(ready_only)
 
+    def _check_repository_changes(self) -> None:
+        if self.repository_locked:
+            raise GatewayError(Code.UNAVAILABLE, self.repository_locked)
+
     async def load_model(self, name: str) -> None:
+        self._check_repository_changes()
         await self.registry.load(name)
 
     async def unload_model(self, name: str) -> None:
+        self._check_repository_changes()
         await self.registry.unload(name)

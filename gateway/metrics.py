@@ -1,67 +1,176 @@
-"""Prometheus exposition of the per-batch aggregated statistics.
+"""Prometheus exposition of the per-batch aggregated statistics, computed at scrape time.
 
-A custom collector reads ``ModelStats`` of every loaded version at scrape time, so the request
-path never touches prometheus_client: it only bumps aggregates once per batch. One registry per
-gateway instance (no module-level singletons), rendered by ``render_metrics``.
+The request path never touches prometheus_client: it only bumps aggregates once per batch (and
+once per failed request). A scrape reads the data plane's totals, which with ``--workers N``
+already sum every worker's latest numbers, and renders two sets of families:
+
+- ``gateway_*``: our own, with per-stage histograms (rendered by prometheus_client);
+- ``nv_inference_*``: the subset of Triton's families that its dashboards and alerts read, with
+  Triton's names, labels (``model``, ``version``; ``reason`` on failures), types and units
+  (cumulative microseconds). Triton exposes its counters without the ``_total`` suffix that
+  prometheus_client's text writer appends, so these are written by ``_write_exact``.
+
+One ``GatewayMetrics`` per gateway instance (no module-level registry).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
-from gateway.registry import ModelRegistry
-from gateway.stats import STAGES
+from gateway.dataplane import DataPlane
+from gateway.stats import STAGES, Totals
+
+# Triton's failure reasons, from our neutral error codes: REJECTED is the scheduler turning a
+# request away (queue full, deadline passed while queued), BACKEND a failed model execution,
+# CANCELED a cancellation, OTHER everything else (bad input, unknown or unavailable version, ...).
+TRITON_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+_REASON_OF_CODE = {"RESOURCE_EXHAUSTED": "REJECTED", "DEADLINE_EXCEEDED": "REJECTED", "CANCELLED": "CANCELED",
+                   "INTERNAL": "BACKEND"}
+
+Sample = tuple[dict[str, str], float]
 
 
-class GatewayCollector(Collector):
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
+def triton_reason(code: str) -> str:
+    return _REASON_OF_CODE.get(code, "OTHER")
+
+
+class _Families:
+    """What ``generate_latest`` reads: a fixed list of families."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["model", "version"]
-        requests = CounterMetricFamily("gateway_requests", "Inference requests by outcome.",
-                                       labels=[*labels, "outcome"])
-        latency = HistogramMetricFamily(
-            "gateway_request_stage_seconds",
-            "Latency per stage: queue (wait before the batch), pack, compute, scatter (per batch) and "
-            "total (per request, arrival to outputs ready).",
-            labels=[*labels, "stage"])
-        batch = HistogramMetricFamily("gateway_batch_rows", "Rows per executed batch.", labels=labels)
-        release = CounterMetricFamily("gateway_batch_release", "Why batches were released.",
-                                      labels=[*labels, "reason"])
-        depth = GaugeMetricFamily("gateway_queue_rows", "Rows waiting in the batch queue.", labels=labels)
-        executions = CounterMetricFamily("gateway_batches", "Executed batches.", labels=labels)
-        for mv in self.registry.versions():
-            s = mv.stats
-            lv = [mv.name, mv.version]
-            requests.add_metric([*lv, "success"], s.success_count)
-            for code, n in s.fail_by_code.items():
-                requests.add_metric([*lv, code.lower()], n)
-            for stage in STAGES:
-                h = s.latency[stage]
-                latency.add_metric([*lv, stage], h.cumulative(), h.sum)
-            batch.add_metric(lv, s.batch_rows.cumulative(), s.batch_rows.sum)
-            for reason, n in s.release.items():
-                release.add_metric([*lv, reason], n)
-            depth.add_metric(lv, s.queue_rows)
-            executions.add_metric(lv, s.execution_count)
-        yield from (requests, latency, batch, release, depth, executions)
+        return iter(self.families)
 
 
-def make_metrics_registry(registry: ModelRegistry) -> CollectorRegistry:
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(GatewayCollector(registry))
-    return reg
+def gateway_families(totals: dict[tuple[str, str], Totals], unresolved: dict[tuple[str, str], int],
+                     peers: list[dict[str, Any]]) -> list[Metric]:
+    labels = ["model", "version"]
+    requests = CounterMetricFamily(
+        "gateway_requests",
+        "Inference requests by outcome (success, or the error code). Failures that named no loaded "
+        "version have version=\"\" (and model=\"\" when the model is unknown).",
+        labels=[*labels, "outcome"])
+    latency = HistogramMetricFamily(
+        "gateway_request_stage_seconds",
+        "Latency per stage: queue (wait before the batch), pack, compute, scatter (per batch) and "
+        "total (per request, arrival to outputs ready).",
+        labels=[*labels, "stage"])
+    batch = HistogramMetricFamily("gateway_batch_rows", "Rows per executed batch.", labels=labels)
+    release = CounterMetricFamily("gateway_batch_release", "Why batches were released.",
+                                  labels=[*labels, "reason"])
+    depth = GaugeMetricFamily("gateway_queue_rows", "Rows waiting in the batch queue.", labels=labels)
+    in_flight = GaugeMetricFamily("gateway_requests_in_flight",
+                                  "Requests queued or executing (a request split above max_batch_size "
+                                  "counts once per chunk).", labels=labels)
+    executions = CounterMetricFamily("gateway_batches", "Executed batches.", labels=labels)
+    for (name, version), t in totals.items():
+        lv = [name, version]
+        requests.add_metric([*lv, "success"], t.success_count)
+        for code, n in t.fail_by_code.items():
+            requests.add_metric([*lv, code.lower()], n)
+        for stage in STAGES:
+            buckets, total = t.cumulative(stage)
+            latency.add_metric([*lv, stage], buckets, total)
+        buckets, total = t.cumulative("rows")
+        batch.add_metric(lv, buckets, total)
+        for reason, n in t.release.items():
+            release.add_metric([*lv, reason], n)
+        depth.add_metric(lv, t.queue_rows)
+        in_flight.add_metric(lv, t.pending + t.executing)
+        executions.add_metric(lv, t.execution_count)
+    for (model, code), n in sorted(unresolved.items()):
+        requests.add_metric([model, "", code.lower()], n)
+    workers = GaugeMetricFamily("gateway_workers_reporting",
+                                "Server processes whose statistics this scrape sums (this one and the "
+                                "peers with a snapshot).")
+    workers.add_metric([], 1 + len(peers))
+    age = GaugeMetricFamily("gateway_worker_snapshot_age_seconds",
+                            "Age of the oldest peer snapshot this scrape summed (0 with one worker): "
+                            "how stale the other workers' part of it may be.")
+    now = time.time()
+    age.add_metric([], max((max(0.0, now - float(d.get("written_at", now))) for d in peers), default=0.0))
+    return [requests, latency, batch, release, depth, in_flight, executions, workers, age]
 
 
-def render_metrics(reg: CollectorRegistry) -> bytes:
-    return generate_latest(reg)
+def triton_families(totals: dict[tuple[str, str], Totals]) -> list[tuple[str, str, str, list[Sample]]]:
+    """(name, help, type, samples) of the Triton-compatible families, per model version."""
+
+    def per_version(value: Any) -> list[Sample]:
+        return [({"model": n, "version": v}, value(t)) for (n, v), t in totals.items()]
+
+    failures: list[Sample] = []
+    for (n, v), t in totals.items():
+        by_reason = dict.fromkeys(TRITON_REASONS, 0)
+        for code, k in t.fail_by_code.items():
+            by_reason[triton_reason(code)] += k
+        failures += [({"model": n, "reason": r, "version": v}, k) for r, k in by_reason.items()]
+    us = 1000
+    return [
+        ("nv_inference_request_success", "Successful inference requests (a request counts once, whatever "
+         "its batch size).", "counter", per_version(lambda t: t.success_count)),
+        ("nv_inference_request_failure", "Failed inference requests by reason (REJECTED: queue full or "
+         "deadline passed while queued; BACKEND: model execution failed; OTHER: bad input and the rest).",
+         "counter", failures),
+        ("nv_inference_count", "Inferences performed (a batch of n rows counts n).", "counter",
+         per_version(lambda t: t.inference_count)),
+        ("nv_inference_exec_count", "Model executions (batches) performed.", "counter",
+         per_version(lambda t: t.execution_count)),
+        ("nv_inference_request_duration_us", "Cumulative time of successful requests, arrival to outputs "
+         "ready, in microseconds.", "counter", per_version(lambda t: t.success_ns // us)),
+        ("nv_inference_queue_duration_us", "Cumulative time successful requests waited in the batch queue, "
+         "in microseconds.", "counter", per_version(lambda t: t.queue_ns // us)),
+        ("nv_inference_compute_input_duration_us", "Cumulative time spent packing request inputs into "
+         "batches, per request, in microseconds.", "counter", per_version(lambda t: t.input_ns // us)),
+        ("nv_inference_compute_infer_duration_us", "Cumulative time spent executing the model, per request, "
+         "in microseconds.", "counter", per_version(lambda t: t.infer_ns // us)),
+        ("nv_inference_compute_output_duration_us", "Cumulative time spent scattering outputs back to "
+         "requests, per request, in microseconds.", "counter", per_version(lambda t: t.output_ns // us)),
+        ("nv_inference_pending_request_count", "Requests queued and not yet executing, now.", "gauge",
+         per_version(lambda t: t.pending)),
+    ]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _write_exact(families: Iterable[tuple[str, str, str, list[Sample]]]) -> bytes:
+    """Prometheus text format with sample names exactly as given (no ``_total`` added)."""
+    out: list[str] = []
+    for name, doc, typ, samples in families:
+        out.append(f"# HELP {name} {_escape(doc)}\n# TYPE {name} {typ}\n")
+        for labels, value in samples:
+            lbl = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+            out.append(f"{name}{{{lbl}}} {floatToGoString(value)}\n")
+    return "".join(out).encode()
+
+
+class GatewayMetrics:
+    """The /metrics document of one gateway: rendered from the data plane's totals at scrape time."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    def render(self) -> bytes:
+        dp = self.dataplane
+        peers = dp.peer_docs()  # read once per scrape
+        totals = dp.version_totals(peers=peers)
+        unresolved = dp.unresolved_totals(peers=peers)
+        return (generate_latest(_Families(gateway_families(totals, unresolved, peers)))  # type: ignore[arg-type]
+                + _write_exact(triton_families(totals)))
+
+
+def make_metrics_registry(dataplane: DataPlane) -> GatewayMetrics:
+    return GatewayMetrics(dataplane)
+
+
+def render_metrics(metrics: GatewayMetrics) -> bytes:
+    return metrics.render()

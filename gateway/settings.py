@@ -66,6 +66,8 @@ class ServerSettings:
     """Let clients register system shared-memory regions (local clients only: they can read/write /dev/shm)."""
     max_shm_regions: int = 256
     """Most system shared-memory regions registered at once (each is one mapping)."""
+    worker_stats_interval_s: float = 0.5
+    """With workers > 1: how often each worker shares its statistics (the staleness bound of a scrape)."""
 
     @classmethod
     def load(
@@ -110,6 +112,8 @@ class ServerSettings:
                              f"({self.grpc_max_inflight_bytes} < {self.grpc_max_message_bytes})")
         if self.drain_s < 0 or self.shutdown_grace_s < 0:
             raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
+        if self.worker_stats_interval_s <= 0:
+            raise ValueError(f"setting worker_stats_interval_s must be > 0, got {self.worker_stats_interval_s}")
         if self.workers < 1:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):

@@ -1,10 +1,16 @@
 """Per model-version statistics, aggregated once per batch (never one call per request per stage).
 
 One ``ModelStats`` feeds both the Triton statistics extension (``/v2/models/{m}/stats``,
-ModelStatistics RPC) and the Prometheus histograms at ``/metrics``. At tens of thousands of
-requests per second a per-request ``observe`` per stage costs more than parsing the request,
-so the batcher hands over whole batches and the native histograms read each request's arrival
-time directly (``gateway._native.hist``).
+ModelStatistics RPC) and ``/metrics``. At tens of thousands of requests per second a per-request
+``observe`` per stage costs more than parsing the request, so the batcher hands over whole
+batches and the native histograms read each request's arrival time directly
+(``gateway._native.hist``). Failures are rarer and stay in Python: the batcher records those
+after queueing, the data plane those it rejects before (``record_failures`` either way).
+
+What a scrape shows is a ``Totals``: plain numbers (counters, gauges, histogram buckets) read off
+a live ``ModelStats`` at scrape time, or parsed from another worker's snapshot. Totals of the
+same version add up: counters and gauges sum, histograms sum bucket by bucket (every worker runs
+this code, so the bucket bounds agree), ``last_inference`` takes the latest.
 """
 
 from __future__ import annotations
@@ -22,44 +28,106 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 RELEASE_REASONS = ("full", "preferred", "delay", "deadline")
 STAGES = ("queue", "pack", "compute", "scatter", "total")
+# histogram name -> its bucket bounds ("rows": rows per executed batch)
+HISTOGRAMS: dict[str, tuple[float, ...]] = {**dict.fromkeys(STAGES, LATENCY_BUCKETS), "rows": BATCH_BUCKETS}
+
+# The summed integer fields of Totals (``last_inference_ms`` is a maximum, the dicts merge).
+_SUMMED = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count", "queue_ns",
+           "input_count", "input_ns", "infer_count", "infer_ns", "output_count", "output_ns",
+           "inference_count", "execution_count", "queue_rows", "pending", "executing")
+
+
+def _add_counts(into: dict[Any, int], other: dict[Any, int]) -> None:
+    for k, n in other.items():
+        into[k] = into.get(k, 0) + n
 
 
 @dataclass(slots=True)
-class Duration:
-    count: int = 0
-    ns: int = 0
+class Totals:
+    """Everything a scrape shows of one model version, as plain numbers.
 
-    def add(self, count: int, ns: int) -> None:
-        self.count += count
-        self.ns += ns
+    ``pending`` (requests queued, not yet executing) and ``executing`` are gauges read from the
+    batcher at scrape time; ``queue_rows`` is the batcher's gauge of queued rows.
+    """
 
-    def to_json(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0
+    input_count: int = 0
+    input_ns: int = 0
+    infer_count: int = 0
+    infer_ns: int = 0
+    output_count: int = 0
+    output_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    queue_rows: int = 0
+    pending: int = 0
+    executing: int = 0
+    last_inference_ms: int = 0
+    batch_sizes: dict[int, list[int]] = field(default_factory=dict)  # rows -> [executions, in, infer, out ns]
+    fail_by_code: dict[str, int] = field(default_factory=dict)  # Code name -> failed requests
+    release: dict[str, int] = field(default_factory=dict)  # release reason -> batches
+    hists: dict[str, tuple[list[int], float]] = field(default_factory=dict)  # name -> (bucket counts, sum)
 
+    def merge(self, other: Totals) -> None:
+        """Add another worker's totals of the same version into these."""
+        for name in _SUMMED:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        for rows, b in other.batch_sizes.items():
+            mine = self.batch_sizes.get(rows)
+            self.batch_sizes[rows] = list(b) if mine is None else [x + y for x, y in zip(mine, b, strict=True)]
+        _add_counts(self.fail_by_code, other.fail_by_code)
+        _add_counts(self.release, other.release)
+        for name, (counts, total) in other.hists.items():
+            mine_h = self.hists.get(name)
+            if mine_h is None:
+                self.hists[name] = (list(counts), total)
+            else:
+                self.hists[name] = ([x + y for x, y in zip(mine_h[0], counts, strict=True)], mine_h[1] + total)
 
-@dataclass(slots=True)
-class BatchStat:
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
+    def cumulative(self, name: str) -> tuple[list[tuple[str, int]], float]:
+        """Prometheus buckets of one histogram: ([(le, cumulative count), ..., ("+Inf", n)], sum)."""
+        bounds = HISTOGRAMS[name]
+        counts, total = self.hists.get(name) or ([0] * (len(bounds) + 1), 0.0)
+        out, c = [], 0
+        for le, n in zip((*map(repr, map(float, bounds)), "+Inf"), counts, strict=True):
+            c += n
+            out.append((le, c))
+        return out, total
 
+    # ---- a snapshot file's form (JSON: dict keys become strings) ------------------------------
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {name: getattr(self, name) for name in _SUMMED}
+        doc["last_inference_ms"] = self.last_inference_ms
+        doc["batch_sizes"] = [[rows, *b] for rows, b in self.batch_sizes.items()]
+        doc["fail_by_code"] = self.fail_by_code
+        doc["release"] = self.release
+        doc["hists"] = {name: [counts, total] for name, (counts, total) in self.hists.items()}
+        return doc
 
-@dataclass(slots=True)
-class StatsSnapshot:
-    success: Duration
-    fail: Duration
-    queue: Duration
-    compute_input: Duration
-    compute_infer: Duration
-    compute_output: Duration
-    inference_count: int
-    execution_count: int
-    last_inference_ms: int
-    batch_stats: dict[int, BatchStat]
-    fail_by_code: dict[str, int]
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Totals:
+        t = cls(**{name: int(doc.get(name, 0)) for name in _SUMMED}, last_inference_ms=int(doc["last_inference_ms"]))
+        t.batch_sizes = {int(b[0]): [int(x) for x in b[1:]] for b in doc["batch_sizes"]}
+        t.fail_by_code = {str(k): int(n) for k, n in doc["fail_by_code"].items()}
+        t.release = {str(k): int(n) for k, n in doc["release"].items()}
+        for name, (counts, total) in doc["hists"].items():
+            if name in HISTOGRAMS and len(counts) == len(HISTOGRAMS[name]) + 1:
+                t.hists[name] = ([int(n) for n in counts], float(total))
+        return t
 
+    # ---- the Triton statistics extension --------------------------------------------------------
     def to_json(self, name: str, version: str) -> dict[str, Any]:
         """Triton statistics extension shape for one model version."""
+
+        def d(count: int, ns: int) -> dict[str, int]:
+            return {"count": count, "ns": ns}
+
         return {
             "name": name,
             "version": version,
@@ -67,23 +135,24 @@ class StatsSnapshot:
             "inference_count": self.inference_count,
             "execution_count": self.execution_count,
             "inference_stats": {
-                "success": self.success.to_json(),
-                "fail": self.fail.to_json(),
-                "queue": self.queue.to_json(),
-                "compute_input": self.compute_input.to_json(),
-                "compute_infer": self.compute_infer.to_json(),
-                "compute_output": self.compute_output.to_json(),
-                "cache_hit": {"count": 0, "ns": 0},
-                "cache_miss": {"count": 0, "ns": 0},
+                "success": d(self.success_count, self.success_ns),
+                "fail": d(self.fail_count, self.fail_ns),
+                "queue": d(self.queue_count, self.queue_ns),
+                "compute_input": d(self.input_count, self.input_ns),
+                "compute_infer": d(self.infer_count, self.infer_ns),
+                "compute_output": d(self.output_count, self.output_ns),
+                "cache_hit": d(0, 0),
+                "cache_miss": d(0, 0),
             },
             "batch_stats": [
                 {
                     "batch_size": size,
-                    "compute_input": b.compute_input.to_json(),
-                    "compute_infer": b.compute_infer.to_json(),
-                    "compute_output": b.compute_output.to_json(),
+                    # Triton's per batch-size table counts executions, each charged its batch's times.
+                    "compute_input": d(b[0], b[1]),
+                    "compute_infer": d(b[0], b[2]),
+                    "compute_output": d(b[0], b[3]),
                 }
-                for size, b in sorted(self.batch_stats.items())
+                for size, b in sorted(self.batch_sizes.items())
             ],
         }
 
@@ -97,7 +166,8 @@ class ModelStats:
 
     def __init__(self) -> None:
         self.rec = BatchRecorder(LATENCY_BUCKETS, BATCH_BUCKETS)
-        self.fail = Duration()
+        self.fail_count = 0
+        self.fail_ns = 0
         self.fail_by_code: dict[str, int] = {}
         self.latency = {"queue": self.rec.queue, "pack": self.rec.pack, "compute": self.rec.compute,
                         "scatter": self.rec.scatter, "total": self.rec.total}
@@ -121,17 +191,20 @@ class ModelStats:
         return self.rec.success_count
 
     def record_failures(self, code: str, n: int, total_ns: int = 0) -> None:
-        self.fail.add(n, total_ns)
+        """``n`` requests answered with an error of ``code`` (a ``Code`` name); ``total_ns`` their time
+        from arrival to the answer (0 for those rejected before they were queued)."""
+        self.fail_count += n
+        self.fail_ns += total_ns
         self.fail_by_code[code] = self.fail_by_code.get(code, 0) + n
 
-    def snapshot(self) -> StatsSnapshot:
+    def totals(self, pending: int = 0, executing: int = 0) -> Totals:
+        """A copy of the current numbers; ``pending``/``executing``: the batcher's gauges now."""
         r = self.rec
-        return StatsSnapshot(
-            Duration(r.success_count, r.success_ns), Duration(self.fail.count, self.fail.ns),
-            Duration(r.queue_count, r.queue_ns), Duration(r.input_count, r.input_ns),
-            Duration(r.infer_count, r.infer_ns), Duration(r.output_count, r.output_ns),
-            r.inference_count, r.execution_count, self.last_inference_ms,
-            {k: BatchStat(Duration(v[0], v[1]), Duration(v[0], v[2]), Duration(v[0], v[3]))
-             for k, v in r.batch_sizes.items()},
-            dict(self.fail_by_code),
+        hists = {name: (h.bucket_counts(), h.sum) for name, h in self.latency.items()}
+        hists["rows"] = (self.batch_rows.bucket_counts(), self.batch_rows.sum)
+        return Totals(
+            r.success_count, r.success_ns, self.fail_count, self.fail_ns, r.queue_count, r.queue_ns,
+            r.input_count, r.input_ns, r.infer_count, r.infer_ns, r.output_count, r.output_ns,
+            r.inference_count, r.execution_count, self.queue_rows, pending, executing, self.last_inference_ms,
+            {k: list(v) for k, v in r.batch_sizes.items()}, dict(self.fail_by_code), dict(self.release), hists,
         )

@@ -28,7 +28,7 @@ ALLOWED = {
     "triton_config": {"pb", "model_config"},  # the config schema only, parsed from text
     "route": {"registry", "types"},
     "shm": {"_native.bytestensor", "errors"},
-    "dataplane": {"__init__", "batcher", "errors", "registry", "route", "shm", "types"},
+    "dataplane": {"__init__", "batcher", "errors", "registry", "route", "shm", "stats", "types"},
 }
 # the core never speaks a wire protocol
 WIRE = ["grpc", "gateway.pb", "gateway.front", "httptools", "orjson"]

@@ -117,6 +117,8 @@ class InferenceServicer:
                 return encode_infer_response(response, write_outputs(response.outputs, infer_request.shm_outputs))
             return encode_infer_response(response)
         except GatewayError as exc:
+            if infer_request is None:  # not decoded (the data plane counts its own rejections and failures)
+                self._dp.record_rejected(request.model_name, request.model_version, exc.code)
             status, message = _STATUS[exc.code], exc.message
         except Exception as exc:  # a bug must still reach the client as INTERNAL with a message
             log.exception("ModelInfer failed")

@@ -72,15 +72,18 @@ class _Stream:
     def submit(self, msg: pb.ModelInferRequest) -> None:
         seq = self.seq = self.seq + 1
         self.tickets[seq] = None  # placeholder: done may run before submit returns
+        req = None
         try:
-            request = decode_infer_request(msg, 0, self.dp.shm)
-            shm = request.shm_outputs
-            self.sizes[seq] = self.budget.take(request)
-            ticket = self.dp.submit(request, lambda r, e: self.done(seq, msg, r, e, shm))
+            req = decode_infer_request(msg, 0, self.dp.shm)
+            shm = req.shm_outputs
+            self.sizes[seq] = self.budget.take(req)
+            ticket = self.dp.submit(req, lambda r, e: self.done(seq, msg, r, e, shm))
         except Exception as exc:  # every request gets its answer; the stream goes on
             self.budget.give(self.sizes.pop(seq, 0))
             if not isinstance(exc, GatewayError):
                 log.exception("ModelStreamInfer: request failed")
+            elif req is None:  # not decoded (submit counts its own rejections)
+                self.dp.record_rejected(msg.model_name, msg.model_version, exc.code)
             message = exc.message if isinstance(exc, GatewayError) else f"internal error: {exc}"
             del exc  # no traceback (frames holding the message) outlives this answer
             del self.tickets[seq]

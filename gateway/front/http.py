@@ -314,13 +314,16 @@ class HttpProtocol(asyncio.Protocol):
         if method == b"POST":
             route = self.front.infer_routes.get(url) or self.front.infer_route(url)
             if route is not None:
+                req: InferRequest | None = None
                 try:
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
-                    req: InferRequest = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
+                    req = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
                     call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs)
                     self._tickets[seq] = self._dataplane.submit(req, call.done)
                 except GatewayError as err:
+                    if req is None:  # not decoded (submit counts its own rejections)
+                        self._dataplane.record_rejected(route[0], route[1], err.code)
                     self._write_in_order(seq, error_response(err, not keep_alive), not keep_alive)
                     return
                 if len(self._tickets) >= self._max_pipelined:
