@@ -37,7 +37,7 @@ class App:
             self.repository = build_demo_repository(Path(self._tmp.name))
         else:
             self.repository = Path(settings.model_repository)
-        self.registry = ModelRegistry(self.repository)
+        self.registry = ModelRegistry(self.repository, strict_readiness=settings.strict_readiness)
         self.router = Router(self.registry)
         self.dataplane = DataPlane(self.registry, self.router)
         self.metrics = make_metrics_registry(self.registry)

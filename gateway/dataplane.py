@@ -13,7 +13,7 @@ Errors are ``GatewayError`` with a neutral ``Code``; the fronts map them through
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import __version__
@@ -43,7 +43,7 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.registry.all_ready()
+        return self.registry.ready()
 
     def server_metadata(self) -> dict[str, Any]:
         return self._metadata
@@ -67,7 +67,8 @@ class DataPlane:
         for mv in self.registry.versions(name, version):
             stats.append(mv.stats.snapshot().to_json(mv.name, mv.version))
         if name and not stats:
-            raise not_found(f"unknown model '{name}'" + (f" version '{version}'" if version else ""))
+            self.registry.get(name, version, require_ready=False)  # raises Triton's "unknown model" error
+            raise not_found(f"Request for unknown model: '{name}' is not found")
         return {"model_stats": stats}
 
     # ---- inference -----------------------------------------------------------------------
@@ -107,8 +108,11 @@ class DataPlane:
     def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         return self.registry.index(ready_only)
 
-    async def load_model(self, name: str) -> None:
-        await self.registry.load(name)
+    async def load_model(self, name: str, config: str | None = None,
+                         parameters: Mapping[str, Any] | None = None) -> None:
+        """``config``: Triton's model config as JSON, replacing config.pbtxt for this load;
+        ``parameters``: a load request's parameters as the front decoded them (``config`` among them)."""
+        await self.registry.load(name, config, parameters)
 
     async def unload_model(self, name: str) -> None:
         await self.registry.unload(name)

@@ -56,6 +56,8 @@ class ServerSettings:
     """Event loop: uvloop or asyncio."""
     workers: int = 1
     """Server processes sharing the ports (SO_REUSEPORT); each loads its own models. >1 needs fixed ports."""
+    strict_readiness: bool = True
+    """Ready only while every model that should be loaded serves (Triton's default); false: the loaded ones serve."""
 
     @classmethod
     def load(
