@@ -54,7 +54,7 @@ class App:
             self.repository = build_demo_repository(Path(self._tmp.name))
         else:
             self.repository = Path(settings.model_repository)
-        self.registry = ModelRegistry(self.repository)
+        self.registry = ModelRegistry(self.repository, strict_readiness=settings.strict_readiness)
         self.router = Router(self.registry)
         self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
         self.worker_stats: WorkerStats | None = None

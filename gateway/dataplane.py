@@ -22,7 +22,7 @@ Statistics (``version_totals``, ``unresolved_totals``) are this process's, plus,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import __version__
@@ -69,7 +69,7 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return not self.draining and self.registry.all_ready()
+        return not self.draining and self.registry.ready()
 
     def server_metadata(self) -> dict[str, Any]:
         return self._metadata
@@ -91,7 +91,8 @@ class DataPlane:
         """Triton statistics extension: {"model_stats": [...]} for one model/version or all."""
         stats = [t.to_json(n, v) for (n, v), t in self.version_totals(name, version).items()]
         if name and not stats:
-            raise not_found(f"unknown model '{name}'" + (f" version '{version}'" if version else ""))
+            self.registry.get(name, version, require_ready=False)  # raises Triton's "unknown model" error
+            raise not_found(f"Request for unknown model: '{name}' is not found")
         return {"model_stats": stats}
 
     # ---- statistics, summed over workers ---------------------------------------------------
@@ -201,9 +202,12 @@ class DataPlane:
         if self.repository_locked:
             raise GatewayError(Code.UNAVAILABLE, self.repository_locked)
 
-    async def load_model(self, name: str) -> None:
+    async def load_model(self, name: str, config: str | None = None,
+                         parameters: Mapping[str, Any] | None = None) -> None:
+        """``config``: Triton's model config as JSON, replacing config.pbtxt for this load;
+        ``parameters``: a load request's parameters as the front decoded them (``config`` among them)."""
         self._check_repository_changes()
-        await self.registry.load(name)
+        await self.registry.load(name, config, parameters)
 
     async def unload_model(self, name: str) -> None:
         self._check_repository_changes()

@@ -177,12 +177,14 @@ def _parse_policy(v: Any, fail: Any) -> VersionPolicy:
 
 
 def check_against_graph(
-    cfg: ModelConfig, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], explicit: Mapping[str, Any]
+    cfg: ModelConfig, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], explicit: Mapping[str, Any],
+    where: str = "config",
 ) -> ModelConfig:
     """Reconcile the config with the graph's signature; returns the effective config.
 
     A graph whose tensors do not all start with a dynamic dimension cannot batch: that is an
     error if the config asked for batching explicitly, and turns batching off otherwise.
+    ``where`` names the file that set max_batch_size in the error.
     """
     tensors = list(inputs) + list(outputs)
     dynamic_first = all(t.shape and t.shape[0] == -1 for t in tensors)
@@ -190,7 +192,7 @@ def check_against_graph(
         if "max_batch_size" in explicit:
             static = next(t for t in tensors if not t.shape or t.shape[0] != -1)
             raise ConfigError(
-                f"model '{cfg.name}': config field 'max_batch_size' is {cfg.max_batch_size} but "
+                f"model '{cfg.name}': {where} field 'max_batch_size' is {cfg.max_batch_size} but "
                 f"tensor '{static.name}' has no dynamic first (batch) dimension: shape {list(static.shape)}"
             )
         from dataclasses import replace

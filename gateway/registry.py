@@ -1,8 +1,18 @@
 """Model repository: finds models on disk, loads, warms, serves and unloads their versions.
 
-Layout (Triton's): ``<repo>/<model>/<version>/model.onnx`` with optional
-``<repo>/<model>/config.toml`` and/or Triton's ``config.pbtxt`` (see ``triton_config``). A version is loaded and warmed (one inference per instance)
-before it reports ready; an unloaded version stops accepting, drains, then closes.
+Layout (Triton's): ``<repo>/<model>/<version>/model.onnx`` (or the config's
+``default_model_filename``) with optional ``<repo>/<model>/config.toml`` and/or Triton's
+``config.pbtxt`` (read strictly, see ``triton_config``). A version is loaded and warmed before
+it reports ready; an unloaded version stops accepting, drains, then closes.
+
+One model's failure never takes the others (or the server) down: any exception while reading its
+config, creating its sessions or warming it up leaves that model UNAVAILABLE with the reason (in
+the log, the repository index and the load answer) while the others serve. Readiness follows
+Triton's strict default: the server is ready when every model that should be loaded (found at
+start, or loaded explicitly since) serves; ``strict_readiness=False`` relaxes that to "the models
+that loaded serve". Errors use Triton's wording where clients match on it ("Request for unknown
+model: ...", "failed to load ...").
+
 State changes happen synchronously on the loop thread; the slow parts (session creation,
 warm-up) run in a worker thread so the loop keeps serving other models meanwhile.
 """
@@ -11,41 +21,71 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gateway.backends.onnx import OnnxBackend
+from gateway.backends.base import Backend
+from gateway.backends.onnx import OnnxBackend, choose_providers
+from gateway.backends.reshape import ReshapingBackend
 from gateway.batcher import Batcher
 from gateway.errors import Code, GatewayError, not_found
 from gateway.model_config import ConfigError, ModelConfig, check_against_graph, parse_config, read_config_file
 from gateway.stats import ModelStats
-from gateway.triton_config import read_pbtxt
+from gateway.triton_config import TritonConfig, check_io, read_override, read_pbtxt, triton_type
 from gateway.types import TensorSpec
 from gateway.validate import Signature
+from gateway.warmup import default_feeds, sample_feeds, tile_rows
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+_WHERE_MBS = " where max_batch_size was set"
 
 
-def _triton_dims(spec: TensorSpec, batching: bool) -> list[int]:
-    return list(spec.shape[1:] if batching else spec.shape)
+def unknown_model(name: str, version: str = "") -> GatewayError:
+    """Triton's wording for a model (or version) the server does not know."""
+    return not_found(f"Request for unknown model: '{name}'" + (f" version {version}" if version else "") + " is not found")
+
+
+def load_failed(name: str, why: str, code: Code = Code.INVALID_ARGUMENT) -> GatewayError:
+    return GatewayError(code, f"failed to load '{name}': {why}")
+
+
+def config_parameter(name: str, parameters: Mapping[str, Any]) -> str | None:
+    """The ``config`` override among a load request's parameters (Triton's names); ``file:``
+    overrides and unknown parameters are refused."""
+    config = None
+    for key, value in parameters.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise load_failed(name, "load parameter 'config' must be a string holding Triton's model config "
+                                  f"as JSON, got {type(value).__name__}")
+            config = value
+        elif key.startswith("file:"):
+            raise load_failed(name, f"load parameter '{key}' (a model file override) is not supported by this "
+                              "server; put the files in the repository and load without it", Code.UNIMPLEMENTED)
+        else:
+            raise load_failed(name, f"unrecognized load parameter '{key}'")
+    return config
 
 
 class ModelVersion:
     """One loaded version: config, backend, batcher, statistics."""
 
-    def __init__(self, name: str, version: str, config: ModelConfig, backend: OnnxBackend,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, name: str, version: str, config: ModelConfig, backend: Backend,
+                 clock: Callable[[], float], triton: TritonConfig | None = None,
+                 model_filename: str = MODEL_FILE, io: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None
+                 ) -> None:
         self.name = name
         self.version = version
         self.config = config
         self.backend = backend
+        self.triton = triton
+        self.model_filename = model_filename
         self.stats = ModelStats()
-        self.signature = Signature.build(name, backend.inputs, backend.outputs, config.batching)
+        inputs, outputs = io or (backend.inputs, backend.outputs)  # io: what clients see, if not the graph's
+        self.signature = Signature.build(name, inputs, outputs, config.batching)
         self.batcher = Batcher(name, version, config, backend, self.signature, self.stats, clock)
         self.ready = False
 
@@ -62,13 +102,19 @@ class ModelVersion:
         }
 
     def triton_config(self) -> dict[str, Any]:
-        """Triton's model config JSON (perf_analyzer reads it to learn max_batch_size and dims)."""
+        """Triton's model config JSON (perf_analyzer reads it to learn max_batch_size and dims):
+        the effective values, which for a config.pbtxt are the declared ones."""
         c = self.config
         b = c.batching
+        reshapes = {d.name: d.reshape for d in (self.triton.inputs + self.triton.outputs if self.triton else ())
+                    if d.reshape is not None}
 
         def t(s: TensorSpec) -> dict[str, Any]:
-            return {"name": s.name, "data_type": "TYPE_" + ("STRING" if s.datatype == "BYTES" else s.datatype),
-                    "dims": _triton_dims(s, b)}
+            out: dict[str, Any] = {"name": s.name, "data_type": triton_type(s.datatype),
+                                   "dims": list(s.shape[1:] if b else s.shape)}
+            if s.name in reshapes:
+                out["reshape"] = {"shape": list(reshapes[s.name])}
+            return out
 
         out: dict[str, Any] = {
             "name": self.name,
@@ -80,6 +126,7 @@ class ModelVersion:
             "output": [t(s) for s in self.signature.outputs],
             "instance_group": [{"name": self.name, "count": c.instances,
                                 "kind": "KIND_GPU" if self.backend.device.startswith("CUDA") else "KIND_CPU"}],
+            "default_model_filename": self.model_filename,
             "parameters": {"execution": {"string_value": "inline" if self.backend.inline else "thread"},
                            "provider": {"string_value": self.backend.device}},
         }
@@ -87,58 +134,83 @@ class ModelVersion:
             out["dynamic_batching"] = {
                 "preferred_batch_size": list(c.preferred_batch_sizes),
                 "max_queue_delay_microseconds": c.max_queue_delay_us,
+                # a client's own timeout always applies here: allow_timeout_override is true
+                "default_queue_policy": {"max_queue_size": c.max_queue_size,
+                                         "default_timeout_microseconds": c.timeout_us,
+                                         "allow_timeout_override": True},
             }
+        if self.triton and self.triton.warmup:
+            out["model_warmup"] = [s.to_triton() for s in self.triton.warmup]
         return out
 
     def warm_up(self) -> None:
-        rows = self.config.max_batch_size or 1
-        feeds = {s.name: _zeros(s, rows if self.config.batching else None) for s in self.signature.inputs}
-        self.backend.warm_up(feeds, self.config.inline_threshold_us)
+        """Run the declared warm-up samples, or default inputs that fit each datatype, then a
+        max-size batch (it decides inline vs thread). Raises ConfigError naming what failed."""
+        c, thr = self.config, self.config.inline_threshold_us
+        warm = self.backend.warm_up  # type: ignore[attr-defined]  # Onnx/Reshaping
+        tc = self.triton
+        if tc is not None and tc.warmup:
+            first = None
+            for s in tc.warmup:
+                def fail(suffix: str, why: str, at: str = s.field) -> ConfigError:
+                    return tc.fail(at + suffix, why)  # type: ignore[union-attr]  # tc is set here
 
-
-def _zeros(spec: TensorSpec, rows: int | None) -> np.ndarray:
-    shape = [d if d >= 0 else 1 for d in spec.shape]
-    if rows is not None:
-        shape[0] = rows
-    if spec.datatype == "BYTES":
-        arr = np.empty(shape, dtype=object)
-        arr.fill(b"")
-        return arr
-    return np.zeros(shape, dtype=spec.dtype)
+                feeds = sample_feeds(s, self.signature.inputs, c.max_batch_size, fail)
+                try:
+                    for _ in range(max(1, -(-s.count // 5))):  # each call runs 5 times per instance
+                        warm(feeds, thr)
+                except Exception as exc:  # onnxruntime's own types; the reason goes to the index
+                    raise tc.fail(s.field, f"('{s.name}'): the warm-up run failed: {exc}") from None
+                first = first or feeds
+            assert first is not None
+            feeds = tile_rows(first, c.max_batch_size) if c.batching else first
+            what = f"{tc.source} field '{tc.warmup[0].field}' repeated to {c.max_batch_size} rows"
+        else:
+            feeds = default_feeds(self.signature.inputs, (c.max_batch_size or 1) if c.batching else None)
+            what = 'default inputs (zeros; b"1" for BYTES)'
+        try:
+            warm(feeds, thr)
+        except Exception as exc:
+            raise ConfigError(f"model '{self.name}': version {self.version}: warm-up with {what} failed: {exc}") from None
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, root: Path, clock: Callable[[], float] | None = None, strict_readiness: bool = True) -> None:
         import time
 
         self.root = Path(root)
         self.clock = clock or time.perf_counter
+        self.strict_readiness = strict_readiness
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.default_version: dict[str, str] = {}
         self.errors: dict[str, str] = {}
+        self._wanted: set[str] = set()  # should be loaded: found at start, or loaded explicitly since
+        self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
 
     # ---- discovery -----------------------------------------------------------------------
     def on_disk(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def _versions_on_disk(self, model_dir: Path) -> list[str]:
-        return [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / MODEL_FILE).exists()]
+    def _versions_on_disk(self, model_dir: Path, filename: str) -> list[str]:
+        return [p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit() and (p / filename).exists()]
 
     # ---- queries ---------------------------------------------------------------------------
     def get(self, name: str, version: str = "", require_ready: bool = True) -> ModelVersion:
         versions = self.models.get(name)
         if versions is None:
-            if name in self.errors:
-                raise GatewayError(Code.UNAVAILABLE, f"model '{name}' is not loaded: {self.errors[name]}")
-            raise not_found(f"unknown model '{name}'")
+            if name in self.errors or name in self._wanted:  # known, but nothing serves (failed, loading, unloaded)
+                code = Code.UNAVAILABLE if name in self._loading else Code.NOT_FOUND
+                raise GatewayError(code, f"Request for unknown model: '{name}' has no available versions")
+            raise unknown_model(name)
         if not version:
             version = self.default_version.get(name, "")
         mv = versions.get(version)
         if mv is None:
-            raise not_found(f"unknown version '{version}' of model '{name}' (serving: {', '.join(versions)})")
+            raise unknown_model(name, version)
         if require_ready and not mv.ready:
-            raise GatewayError(Code.UNAVAILABLE, f"model '{name}' version {version} is not ready")
+            raise GatewayError(Code.UNAVAILABLE, f"Request for unknown model: '{name}' version {version} "
+                               "is not at ready state")
         return mv
 
     def versions(self, name: str = "", version: str = "") -> list[ModelVersion]:
@@ -151,7 +223,19 @@ class ModelRegistry:
         return sorted(self.models.get(name, {}), key=int)
 
     def all_ready(self) -> bool:
+        """Every loaded version is ready (models that failed or are still loading do not count)."""
         return all(mv.ready for vs in self.models.values() for mv in vs.values())
+
+    def ready(self) -> bool:
+        """Server readiness. Strict (Triton's default): every model that should be loaded serves
+        (none failed, none still loading for the first time); an empty repository is ready."""
+        if not self.strict_readiness:
+            return self.all_ready()
+        for name in self._wanted:
+            vs = self.models.get(name)
+            if not vs or not all(mv.ready for mv in vs.values()):
+                return False
+        return True
 
     def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -161,7 +245,11 @@ class ModelRegistry:
                 for v in sorted(loaded, key=int):
                     out.append({"name": name, "version": v, "state": "READY" if loaded[v].ready else "LOADING",
                                 "reason": ""})
-            elif not ready_only:
+            elif ready_only:
+                continue
+            elif name in self._loading:
+                out.append({"name": name, "version": "", "state": "LOADING", "reason": ""})
+            else:
                 out.append({"name": name, "version": "", "state": "UNAVAILABLE",
                             "reason": self.errors.get(name, "unloaded")})
         return out
@@ -173,20 +261,35 @@ class ModelRegistry:
                 await self.load(name)
             except GatewayError as exc:
                 log.error("%s", exc.message)
+            except Exception:  # load() reports a model's own failures; this is a bug, still one model's
+                log.exception("model %s: unexpected error while loading", name)
+                self.errors.setdefault(name, "unexpected error while loading (see the log)")
 
-    async def load(self, name: str) -> None:
-        """Load (or reload) a model: its versions are built and warmed off the loop, then swapped in."""
-        model_dir = self.root / name
-        if not model_dir.is_dir():
-            raise not_found(f"no model '{name}' in repository {self.root}")
+    async def load(self, name: str, config: str | None = None, parameters: Mapping[str, Any] | None = None) -> None:
+        """Load (or reload) a model: its versions are built and warmed off the loop, then swapped in.
+        ``config``: Triton's model config as JSON, replacing config.pbtxt for this load (as Triton's
+        load override does); ``parameters``: a load request's parameters (``config`` among them)."""
+        if parameters:
+            config = config_parameter(name, parameters)
+        if name not in self.on_disk():  # also refuses '..' and other names that are no model directory
+            raise GatewayError(Code.NOT_FOUND, f"failed to load '{name}', failed to poll from model repository "
+                               f"(no model directory '{name}' in {self.root})")
+        self._wanted.add(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            loop = asyncio.get_running_loop()
+            self._loading.add(name)
             try:
-                built = await loop.run_in_executor(None, self._build, name, model_dir)
-            except ConfigError as exc:
-                self.errors[name] = str(exc)
-                raise GatewayError(Code.INVALID_ARGUMENT, str(exc)) from None
+                built = await self._build(name, self.root / name, config)
+            except Exception as exc:
+                why = str(exc).removeprefix(f"model '{name}': ")
+                if not isinstance(exc, ConfigError | GatewayError):
+                    log.exception("model %s failed to load", name)
+                    why = f"{type(exc).__name__}: {exc}"
+                if name not in self.models:  # a failed reload leaves the serving versions in place
+                    self.errors[name] = why
+                raise load_failed(name, why) from None
+            finally:
+                self._loading.discard(name)
             old = self.models.get(name, {})
             self.models[name] = built
             self.default_version[name] = max(built, key=int)
@@ -197,33 +300,69 @@ class ModelRegistry:
                 await self._retire(mv)
             log.info("model %s ready: versions %s", name, ", ".join(sorted(built, key=int)))
 
-    def _build(self, name: str, model_dir: Path) -> dict[str, ModelVersion]:
-        raw = {**read_pbtxt(model_dir), **read_config_file(model_dir)}  # config.toml wins
+    async def _build(self, name: str, model_dir: Path, override: str | None) -> dict[str, ModelVersion]:
+        loop = asyncio.get_running_loop()
+        tc, cfg, raw, versions = await loop.run_in_executor(None, self._prepare, name, model_dir, override)
+        built: dict[str, ModelVersion] = {}
+        try:
+            for v in versions:
+                built[v] = await loop.run_in_executor(None, self._build_version, name, model_dir, v, tc, cfg, raw)
+        except BaseException:
+            for mv in built.values():
+                await mv.backend.close()
+            raise
+        return built
+
+    def _prepare(self, name: str, model_dir: Path,
+                 override: str | None) -> tuple[TritonConfig | None, ModelConfig, dict[str, Any], list[str]]:
+        tc = read_override(model_dir, override) if override is not None else read_pbtxt(model_dir)
+        toml = read_config_file(model_dir)
+        raw = {**(tc.settings if tc else {}), **toml}  # config.toml wins
         cfg = parse_config(name, raw)
-        on_disk = self._versions_on_disk(model_dir)
+        if tc is not None and "max_batch_size" in tc.settings and "max_batch_size" not in toml:
+            raw[_WHERE_MBS] = tc.source  # after parse_config: not a setting, only for the graph check's message
+        if tc is not None and tc.gpu_field and "device" not in toml:
+            try:
+                choose_providers("cuda")
+            except ConfigError as exc:
+                raise tc.fail(tc.gpu_field, "is KIND_GPU but " + str(exc).split(" but ", 1)[-1]) from None
+        filename = (tc.model_filename if tc else "") or MODEL_FILE
+        on_disk = self._versions_on_disk(model_dir, filename)
         if not on_disk:
-            raise ConfigError(f"model '{name}': no <version>/{MODEL_FILE} under {model_dir}")
+            raise ConfigError(f"model '{name}': no <version>/{filename} under {model_dir}")
         selected = cfg.version_policy.select(on_disk)
         if not selected:
             raise ConfigError(f"model '{name}': config field 'version_policy' selects none of versions "
                               f"{', '.join(sorted(on_disk, key=int))}")
-        built: dict[str, ModelVersion] = {}
-        for v in selected:
-            backend = OnnxBackend(model_dir / v / MODEL_FILE, cfg)
-            eff = check_against_graph(cfg, backend.inputs, backend.outputs, raw)
-            mv = ModelVersion(name, v, eff, backend, self.clock)
-            mv.warm_up()
-            built[v] = mv
-        return built
+        return tc, cfg, raw, selected
+
+    def _build_version(self, name: str, model_dir: Path, v: str, tc: TritonConfig | None, cfg: ModelConfig,
+                       raw: dict[str, Any]) -> ModelVersion:
+        filename = (tc.model_filename if tc else "") or MODEL_FILE
+        onnx = OnnxBackend(model_dir / v / filename, cfg)
+        eff = check_against_graph(cfg, onnx.inputs, onnx.outputs, raw, raw.get(_WHERE_MBS, "config"))
+        backend: Backend = onnx
+        io = None
+        if tc is not None:
+            plan = check_io(tc, eff.max_batch_size, onnx.inputs, onnx.outputs)
+            io = (plan.inputs, plan.outputs)  # declared dims may be more specific than the graph's -1
+            if plan.needs_wrapper:
+                backend = ReshapingBackend(onnx, plan.inputs, plan.outputs, plan.input_reshape, plan.output_reshape,
+                                           eff.batching)
+        mv = ModelVersion(name, v, eff, backend, self.clock, tc, filename, io)
+        mv.warm_up()
+        return mv
 
     async def unload(self, name: str) -> None:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
+            self._wanted.discard(name)
             versions = self.models.pop(name, None)
             if versions is None:
                 if name in self.errors or (self.root / name).is_dir():
+                    self.errors[name] = "unloaded"
                     return
-                raise not_found(f"unknown model '{name}'")
+                raise unknown_model(name)
             self.default_version.pop(name, None)
             self.errors[name] = "unloaded"
             for mv in versions.values():

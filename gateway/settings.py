@@ -68,6 +68,8 @@ class ServerSettings:
     """Most system shared-memory regions registered at once (each is one mapping)."""
     worker_stats_interval_s: float = 0.5
     """With workers > 1: how often each worker shares its statistics (the staleness bound of a scrape)."""
+    strict_readiness: bool = True
+    """Ready only while every model that should be loaded serves (Triton's default); false: the loaded ones serve."""
 
     @classmethod
     def load(

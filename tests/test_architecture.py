@@ -23,9 +23,13 @@ ALLOWED = {
     "backends/onnx": {"backends.base", "errors", "model_config", "types"},
     "batcher": {"_native.pack", "backends.base", "batch_queue", "errors", "model_config", "stats", "types",
                 "validate"},
-    "registry": {"backends.onnx", "batcher", "errors", "model_config", "stats", "triton_config", "types",
-                 "validate"},
-    "triton_config": {"pb", "model_config"},  # the config schema only, parsed from text
+    "backends/reshape": {"backends.base", "errors", "types"},
+    "warmup": {"model_config", "types"},
+    # registry: backends.base for the Backend type; backends.reshape wraps a backend for Triton's
+    # reshape; warmup builds the warm-up inputs (split out to keep the registry small)
+    "registry": {"backends.base", "backends.onnx", "backends.reshape", "batcher", "errors", "model_config", "stats",
+                 "triton_config", "types", "validate", "warmup"},
+    "triton_config": {"pb", "model_config", "types", "warmup"},  # the config schema only, parsed from text
     "route": {"registry", "types"},
     "shm": {"_native.bytestensor", "errors"},
     "dataplane": {"__init__", "batcher", "errors", "registry", "route", "shm", "stats", "types"},

@@ -72,7 +72,8 @@ def test_repository_index_unload_load(slow_server: ServerThread) -> None:
     status, _, _ = post(port, "/v2/repository/models/mlp/unload", "")
     assert status == 200
     status, _, body = post(port, "/v2/models/mlp/infer", ROW)
-    assert status == 503, body  # known to the repository, not loaded
+    assert status == 404, body  # known to the repository, not loaded: Triton's wording
+    assert b"has no available versions" in body
     assert get(port, "/v2/models/mlp/ready")[0] in (404, 503)
     assert get(port, "/v2/health/ready")[0] == 200  # remaining models are ready
     status, _, body = post(port, "/v2/repository/models/mlp/load", "{}")

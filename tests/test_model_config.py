@@ -64,7 +64,9 @@ def test_defaults_from_graph_and_version_policy(tmp_path: Path) -> None:
     mv = reg.get("mlp")
     assert mv.config.max_batch_size == 64 and mv.config.preferred_batch_sizes == (4, 8)
     cfg = mv.triton_config()
-    assert cfg["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100}
+    assert cfg["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100,
+                                       "default_queue_policy": {"max_queue_size": 4096, "default_timeout_microseconds": 0,
+                                                                "allow_timeout_override": True}}
     assert cfg["input"] == [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [64]}]
 
 
@@ -102,12 +104,12 @@ output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 10 ] } ]
 dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 300 }
 instance_group [ { count: 2 kind: KIND_CPU } ]
 version_policy: { all { } }
-model_warmup [ { name: "w" batch_size: 1 } ]
+model_warmup [ { name: "w" batch_size: 1 inputs { key: "INPUT0" value { data_type: TYPE_FP32 dims: [ 64 ] zero_data: true } } } ]
 """
 
 
 def test_triton_config_pbtxt_is_read(tmp_path: Path) -> None:
-    """An existing Triton repository serves unchanged; fields we do not model are skipped."""
+    """An existing Triton repository serves unchanged (tests/test_triton_repository.py has the refusals)."""
     write_model(tmp_path, "tmlp", 1, mlp_model(1))
     write_model(tmp_path, "tmlp", 2, mlp_model(2))
     (tmp_path / "tmlp" / "config.pbtxt").write_text(TRITON_PBTXT)

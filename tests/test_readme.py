@@ -106,8 +106,9 @@ def shorter(cmd: str, http: int) -> str:
 def demo_server() -> Iterator[tuple[int, int]]:
     http_port, grpc_port = free_port(), free_port()
     env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0"}
+    # --allow-client-shm: the shared-memory snippet says to start the server with it
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
-                             "--grpc-port", str(grpc_port)],
+                             "--grpc-port", str(grpc_port), "--allow-client-shm"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         wait_ready(http_port, proc)

@@ -148,10 +148,9 @@ class InferenceServicer:
     async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
         try:
             _check_repository(request.repository_name)
-            if request.parameters:
-                raise GatewayError(Code.INVALID_ARGUMENT,
-                                   "load parameters (config or file overrides) are not supported")
-            await self._dp.load_model(request.model_name)
+            params = {k: getattr(v, v.WhichOneof("parameter_choice") or "string_param")
+                      for k, v in request.parameters.items()}  # config: string_param; file:...: bytes_param
+            await self._dp.load_model(request.model_name, parameters=params)
         except GatewayError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
             raise

@@ -142,9 +142,12 @@ async def _index(dp: DataPlane, body: bytes) -> Doc:
 
 
 async def _load_unload(dp: DataPlane, name: str, action: str, body: bytes) -> Doc:
-    _json_body(body)
+    doc = _json_body(body)
     if action == "load":
-        await dp.load_model(name)
+        params = doc.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise invalid(f"failed to load '{name}': 'parameters' must be a JSON object")
+        await dp.load_model(name, parameters=params)  # {"config": "<Triton model config as JSON>"}
     else:
         await dp.unload_model(name)
     return 200, None
