@@ -13,11 +13,13 @@ import logging
 import os
 import signal
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.dataplane import DataPlane
 from gateway.front.http import HttpFront
+from gateway.logs import configure_logging
 from gateway.metrics import make_metrics_registry
 from gateway.registry import ModelRegistry
 from gateway.route import Router
@@ -39,7 +41,7 @@ class App:
             self.repository = Path(settings.model_repository)
         self.registry = ModelRegistry(self.repository)
         self.router = Router(self.registry)
-        self.dataplane = DataPlane(self.registry, self.router)
+        self.dataplane = DataPlane(self.registry, self.router, server_name=settings.server_name)
         self.metrics = make_metrics_registry(self.registry)
         self.http = HttpFront(self.dataplane, settings, self.metrics)
         self.grpc: Any = None
@@ -108,7 +110,11 @@ async def _main(settings: ServerSettings) -> int:
     return 0
 
 
-def serve(settings: ServerSettings) -> int:
+def serve(settings: ServerSettings, warnings: Sequence[str] = ()) -> int:
+    """Run the server; ``warnings`` (from loading the settings) are logged once, after logging is set up."""
+    _configure_logging(settings)
+    for w in warnings:
+        log.warning("%s", w)
     if settings.workers > 1:
         return _serve_workers(settings)
     return _serve_one(settings)
@@ -116,14 +122,20 @@ def serve(settings: ServerSettings) -> int:
 
 def _serve_one(settings: ServerSettings) -> int:
     """One server process (a worker too: its settings keep ``workers`` so it binds with SO_REUSEPORT)."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)  # again in a spawned worker, which starts with bare logging
     loop = new_event_loop(settings.loop)
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_main(settings))
+    except Exception:  # one log record (one JSON line with --log-format json), not a bare traceback
+        log.exception("server failed")
+        return 1
     finally:
         loop.close()
+
+
+def _configure_logging(settings: ServerSettings) -> None:
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
 
 
 def _serve_workers(settings: ServerSettings) -> int:
