@@ -19,12 +19,14 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.dataplane import DataPlane
 from gateway.front.http import HttpFront
+from gateway.logs import configure_logging
 from gateway.metrics import make_metrics_registry
 from gateway.registry import ModelRegistry
 from gateway.route import Router
@@ -59,7 +61,8 @@ class App:
         self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
         self.worker_stats: WorkerStats | None = None
         locked = REPOSITORY_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
-        self.dataplane = DataPlane(self.registry, self.router, shm=self.shm, repository_locked=locked)
+        self.dataplane = DataPlane(self.registry, self.router, server_name=settings.server_name, shm=self.shm,
+                                   repository_locked=locked)
         if worker is not None:
             self.worker_stats = WorkerStats(worker.stats_dir, worker.index, settings.worker_stats_interval_s,
                                             self.dataplane.export)
@@ -155,7 +158,11 @@ async def drain(app: App, first: int, signals: asyncio.Queue[int]) -> None:
         pass
 
 
-def serve(settings: ServerSettings) -> int:
+def serve(settings: ServerSettings, warnings: Sequence[str] = ()) -> int:
+    """Run the server; ``warnings`` (from loading the settings) are logged once, after logging is set up."""
+    _configure_logging(settings)
+    for w in warnings:
+        log.warning("%s", w)
     if settings.workers > 1:
         return _serve_workers(settings)
     return _serve_one(settings)
@@ -163,14 +170,20 @@ def serve(settings: ServerSettings) -> int:
 
 def _serve_one(settings: ServerSettings, worker: WorkerSlot | None = None) -> int:
     """One server process (a worker too: its settings keep ``workers`` so it binds with SO_REUSEPORT)."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)  # again in a spawned worker, which starts with bare logging
     loop = new_event_loop(settings.loop)
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_main(settings, worker))
+    except Exception:  # one log record (one JSON line with --log-format json), not a bare traceback
+        log.exception("server failed")
+        return 1
     finally:
         loop.close()
+
+
+def _configure_logging(settings: ServerSettings) -> None:
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
 
 
 def _serve_workers(settings: ServerSettings) -> int:

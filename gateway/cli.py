@@ -26,6 +26,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", help="logging level (default INFO)")
     p.add_argument("--allow-client-shm", action="store_true", default=None,
                    help="let clients register system shared-memory regions (local clients only)")
+    p.add_argument("--log-format", choices=["text", "json"],
+                   help="log records as text lines (default) or one JSON object per line")
+    p.add_argument("--access-log", action="store_true", default=None,
+                   help="log one JSON line per request on the gateway.access logger")
+    p.add_argument("--server-name", help="name reported in server metadata (default inference-gateway)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             "http_port": args.http_port, "grpc_port": args.grpc_port, "max_body_bytes": args.max_body_bytes,
             "loop": args.loop, "log_level": args.log_level, "workers": args.workers,
             "allow_client_shm": args.allow_client_shm,
+            "log_format": args.log_format, "access_log": args.access_log, "server_name": args.server_name,
         }
         try:
             settings = ServerSettings.load(args.config, overrides=overrides)
         except (ValueError, OSError) as exc:
             parser.error(str(exc))
-        return serve(settings)
+        return serve(settings, ServerSettings.unknown_env())
     return 2
 
 

@@ -7,6 +7,7 @@ Every limit is a named field with a default that is safe on a laptop. Per-model 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 ENV_PREFIX = "GATEWAY_"
+# GATEWAY_* variables that are not server settings: read by setup.py when building the extensions.
+NOT_SETTINGS = frozenset({"GATEWAY_DEBUG"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,12 @@ class ServerSettings:
     """After the drain (or on SIGINT): stop accepting, then wait this long for in-flight requests."""
     log_level: str = "INFO"
     """Python logging level name."""
+    log_format: str = "text"
+    """Log records as plain text lines, or "json": one JSON object per line."""
+    access_log: bool = False
+    """One JSON line per request on the "gateway.access" logger (off: the request path pays nothing)."""
+    server_name: str = "inference-gateway"
+    """The name server metadata reports (GET /v2, gRPC ServerMetadata)."""
     loop: str = "uvloop"
     """Event loop: uvloop or asyncio."""
     workers: int = 1
@@ -97,6 +106,23 @@ class ServerSettings:
         settings.validate()
         return settings
 
+    @classmethod
+    def unknown_env(cls, env: Mapping[str, str] | None = None) -> list[str]:
+        """Warnings for ``GATEWAY_*`` variables that name no setting (a typo is otherwise silently ignored),
+        each with the closest setting. Warnings, not errors: the prefix is not ours alone (a Kubernetes
+        service named "gateway" injects GATEWAY_PORT, GATEWAY_SERVICE_HOST, ... into every pod)."""
+        env = os.environ if env is None else env
+        known = [ENV_PREFIX + f.name.upper() for f in fields(cls)]
+        out = []
+        for name in sorted(env):
+            if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS and name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+                hint = ""
+                if close:
+                    hint = f"; did you mean {close[0]} (setting {close[0][len(ENV_PREFIX):].lower()})?"
+                out.append(f"environment variable {name} is not a setting, ignored{hint}")
+        return out
+
     def replace(self, **changes: Any) -> ServerSettings:
         return dataclasses.replace(self, **changes)
 
@@ -120,6 +146,8 @@ class ServerSettings:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):
             raise ValueError("setting workers > 1 needs fixed ports (http_port and grpc_port not 0)")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"setting log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.loop not in ("uvloop", "asyncio"):
             raise ValueError(f"setting loop must be 'uvloop' or 'asyncio', got {self.loop!r}")
         if not self.demo and not self.model_repository:

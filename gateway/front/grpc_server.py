@@ -301,7 +301,12 @@ def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 async def start_grpc_front(dataplane: DataPlane, settings: ServerSettings) -> GrpcFront:
     """Bind ``settings.host:settings.grpc_port`` (0: a free port) and start serving."""
-    server = grpc.aio.server(options=server_options(settings))
+    interceptors = None
+    if settings.access_log:  # installed only when asked for: otherwise calls go through no interceptor
+        from gateway.front.grpc_access import AccessLogInterceptor
+
+        interceptors = [AccessLogInterceptor()]
+    server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)
     add_servicer(server, InferenceServicer(dataplane, ByteBudget(settings.grpc_max_inflight_bytes)))
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")

@@ -19,6 +19,7 @@ import httptools
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, http_status
 from gateway.front.http_codec import decode_infer, dumps, encode_infer
+from gateway.front.http_compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
 from gateway.front.http_routes import route_get, route_post_admin, route_post_now
 from gateway.metrics import render_metrics
 from gateway.settings import ServerSettings
@@ -36,6 +37,7 @@ def status_line(status: int) -> bytes:
     if line is None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+                  415: "Unsupported Media Type",
                   500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
                   504: "Gateway Timeout", 499: "Client Closed Request"}.get(status, "Unknown")
         line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
@@ -64,15 +66,16 @@ _BIN_CL = b"content-type: application/octet-stream\r\ninference-header-content-l
 class _Call:
     """The callback of one in-flight infer request: encode and write in request order."""
 
-    __slots__ = ("proto", "seq", "binary", "keep_alive", "shm")
+    __slots__ = ("proto", "seq", "binary", "keep_alive", "shm", "accept")
 
     def __init__(self, proto: HttpProtocol, seq: int, binary: frozenset[str] | None, keep_alive: bool,
-                 shm: dict[str, Any] | None = None) -> None:
+                 shm: dict[str, Any] | None = None, accept: bytes | None = None) -> None:
         self.proto = proto
         self.seq = seq
         self.binary = binary
         self.keep_alive = keep_alive
         self.shm = shm  # outputs to write into shared memory (request.shm_outputs)
+        self.accept = accept  # the request's Accept-Encoding, if it sent one
 
     def done(self, resp: InferResponse | None, err: GatewayError | None) -> None:
         proto = self.proto
@@ -96,6 +99,8 @@ class _Call:
                 data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"))
             else:
                 close = b"" if self.keep_alive else b"connection: close\r\n"
+                if self.accept is not None:  # compressed, and content-encoding put before `close`
+                    body, close = encode_body(body, self.accept, close)
                 if hlen < 0:
                     data = b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
                 else:
@@ -120,10 +125,13 @@ class HttpFront:
 
     async def start(self, sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
+        protocol = HttpProtocol
+        if self.settings.access_log:  # a subclass that logs: without it the protocol has no check to make
+            from gateway.front.http_access import AccessLoggedProtocol as protocol
         if sock is not None:
-            self.server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=2048)
+            self.server = await loop.create_server(lambda: protocol(self), sock=sock, backlog=2048)
         else:
-            self.server = await loop.create_server(lambda: HttpProtocol(self), self.settings.host,
+            self.server = await loop.create_server(lambda: protocol(self), self.settings.host,
                                                    self.settings.http_port, backlog=2048, reuse_address=True,
                                                    reuse_port=self.settings.workers > 1)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -175,7 +183,8 @@ class HttpFront:
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("front", "transport", "parser", "_url", "_body", "_body_len", "_header_len", "_head_bytes",
                  "_expect_continue", "_too_large", "_seq", "_next_write", "_parked", "_tickets", "_closing",
-                 "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined")
+                 "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined", "_content_encoding",
+                 "_accept_encoding")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
@@ -198,6 +207,8 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = False
         self._paused = False
         self.last_active = front.tick
+        self._content_encoding: bytes | None = None
+        self._accept_encoding: bytes | None = None
 
     # ---- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -277,6 +288,12 @@ class HttpProtocol(asyncio.Protocol):
                     pass  # httptools rejects it
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
+        elif 15 <= size <= 16:  # one comparison for the headers that are neither of these two
+            lname = name.lower()
+            if lname == b"content-encoding":
+                self._content_encoding = value
+            elif lname == b"accept-encoding":
+                self._accept_encoding = value
         if self._too_large:
             if not self._closing:
                 self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
@@ -305,12 +322,19 @@ class HttpProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         url = self._url
         header_len = self._header_len
+        accept = self._accept_encoding
         # Reset per-message state here rather than in on_message_begin: one callback less per request.
         self._url = b""
         self._body = []
         self._body_len = 0
         self._header_len = -1
         self._head_bytes = 0
+        self._accept_encoding = None
+        if self._content_encoding is not None:  # only requests that sent one pay for decoding
+            decoded = self._decode_body(seq, body, keep_alive)
+            if decoded is None:
+                return
+            body = decoded
         if method == b"POST":
             route = self.front.infer_routes.get(url) or self.front.infer_route(url)
             if route is not None:
@@ -319,7 +343,7 @@ class HttpProtocol(asyncio.Protocol):
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     req = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
-                    call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs)
+                    call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs, accept)
                     self._tickets[seq] = self._dataplane.submit(req, call.done)
                 except GatewayError as err:
                     if req is None:  # not decoded (submit counts its own rejections)
@@ -338,6 +362,20 @@ class HttpProtocol(asyncio.Protocol):
             data = error_response(GatewayError(Code.INTERNAL, f"internal error: {exc}"), not keep_alive)
         if data is not None:
             self._write_in_order(seq, data, not keep_alive)
+
+    def _decode_body(self, seq: int, body: bytes, keep_alive: bool) -> bytes | None:
+        """The body without its Content-Encoding, or None when the error is already answered."""
+        encoding = self._content_encoding
+        self._content_encoding = None
+        try:
+            return decode_body(body, encoding, self._max_body)  # type: ignore[arg-type]
+        except GatewayError as err:
+            data = error_response(err, not keep_alive)
+        except UnsupportedEncoding as exc:
+            data = build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
+                                  extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
+        self._write_in_order(seq, data, not keep_alive)
+        return None
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         t = self.transport
