@@ -42,6 +42,16 @@ class ServerSettings:
     """Idle keep-alive connections are closed after this many seconds."""
     max_pipelined_requests: int = 256
     """Requests one HTTP connection may have outstanding before the server stops reading it."""
+    header_timeout_s: float = 20.0
+    """Seconds a request head may take from its first byte (from accept, for the first); then 408, close."""
+    body_timeout_s: float = 60.0
+    """Seconds a request body may take from the end of its head; then 408 and close."""
+    max_connections: int = 0
+    """HTTP connections served at once (then the health reserve, then 503); 0: from RLIMIT_NOFILE."""
+    fd_reserve: int = 0
+    """With max_connections 0: fds kept from HTTP for gRPC, models, logs; 0: RLIMIT_NOFILE / 4."""
+    health_connections: int = 16
+    """HTTP connections past max_connections accepted for /v2/health/* and /metrics only."""
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED."""
     grpc_keepalive_time_s: float = 60.0
@@ -90,6 +100,12 @@ class ServerSettings:
         for name in ("max_body_bytes", "max_header_bytes", "max_pipelined_requests", "grpc_max_message_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "http_keepalive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_connections", "fd_reserve", "health_connections"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.http_port <= 65535:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
