@@ -530,7 +530,6 @@ LENIENT = {
     "uneven nesting, BYTES": {"inputs": [_t("INPUT0", "BYTES", [2, 4], data=[["a"] * 5, ["b"] * 3])]},
     "duplicate output names": {"inputs": [_inp(), _inp(name="INPUT1")],
                                "outputs": [{"name": "OUTPUT0"}, {"name": "OUTPUT0"}]},
-    "data and binary_data_size": {"inputs": [_inp(parameters={"binary_data_size": 64}), _inp(name="INPUT1")]},
 }
 
 
@@ -540,6 +539,17 @@ def test_lenient_bodies_are_400(hard_server: ServerThread, case: str) -> None:
     status, _, body = post(hard_server.http_port, f"/v2/models/{model}/infer", json.dumps(LENIENT[case]))
     assert status == 400, body
     assert json.loads(body)["error"]
+
+
+def test_input_with_data_and_binary_data_size_is_400(hard_server: ServerThread) -> None:
+    """Which of the two would be the input? Neither is guessed (the binary part is there too)."""
+    raw = b"\0" * 64
+    body, headers = binary_body([_inp(parameters={"binary_data_size": 64}),
+                                 {k: v for k, v in _inp(name="INPUT1", parameters={"binary_data_size": 64}).items()
+                                  if k != "data"}], raw + raw)
+    status, _, out = post(hard_server.http_port, "/v2/models/add_sub/infer", body, headers)
+    assert status == 400, out
+    assert "both 'data' and parameters.binary_data_size" in json.loads(out)["error"]
 
 
 def test_even_nesting_is_still_accepted(hard_server: ServerThread) -> None:
@@ -557,3 +567,13 @@ def test_empty_version_segment_is_400(hard_server: ServerThread) -> None:
         status, body = get(port, path)
         assert status == 400 and "empty version" in json.loads(body)["error"], path
     assert post(port, "/v2/models/add_sub/versions/1/infer", GOOD)[0] == 200
+
+
+@pytest.mark.parametrize(("name", "value"), [("header_timeout_s", 0), ("body_timeout_s", -1.0),
+                                             ("max_connections", -1), ("fd_reserve", -5),
+                                             ("health_connections", -1)])
+def test_limit_settings_are_validated(name: str, value: float) -> None:
+    from gateway.settings import ServerSettings
+
+    with pytest.raises(ValueError, match=name):
+        ServerSettings.load(env={}, overrides={"demo": True, name: value})
