@@ -13,8 +13,11 @@ datatype (exact ``int``/``float`` and their subclasses; ``bool`` is *not* a numb
   the type's range become +-inf without numpy's RuntimeWarning; an int too large for a double
   raises OverflowError.
 
-Nested lists are flattened row-major. The flat case is filled in one pass; when a nested list
-is met the leaves are counted first and the fill is restarted on an exactly sized buffer.
+Nested lists are flattened row-major, and must nest evenly, as a regular array would: every
+list at one depth as long as the first list at that depth, numbers only at the deepest level
+(``[[1, 2], [3]]`` and ``[1, [2]]`` are ValueErrors, as is nesting deeper than 64 levels).
+The flat case is filled in one pass; when a nested list is met the nesting is checked and
+the leaves counted first, and the fill is restarted on an exactly sized buffer.
 Invariant: no Python code runs between the count and the fill (only exact or subclass
 int/float reads), so the list cannot change size under us; the fill checks anyway.
 """
@@ -39,10 +42,12 @@ cdef extern from *:
     #define GW_IS_FLOAT(o) (Py_IS_TYPE((o), &PyFloat_Type) || PyFloat_Check(o))
     #define GW_IS_INT(o) (Py_IS_TYPE((o), &PyLong_Type) || (PyLong_Check(o) && !PyBool_Check(o)))
     #define GW_IS_LIST(o) PyList_Check(o)
+    #define GW_IS_EXACT_INT(o) PyLong_CheckExact(o)
     """
     bint GW_IS_FLOAT(PyObject* o)
     bint GW_IS_INT(PyObject* o)
     bint GW_IS_LIST(PyObject* o)
+    bint GW_IS_EXACT_INT(PyObject* o)
     double PyFloat_AS_DOUBLE(PyObject* o)
     double PyLong_AsDouble(PyObject* o) except? -1.0
     long long PyLong_AsLongLongAndOverflow(PyObject* o, int* overflow) except? -1
@@ -91,17 +96,51 @@ cdef int out_of_range(PyObject* x, Py_ssize_t pos, int dt) except -1:
                         f"[{_LO[dt]}, {hi}]")
 
 
-cdef Py_ssize_t count_leaves(list lst, int depth) except -1:
-    cdef Py_ssize_t i, n = 0
+cdef int check_even(list lst, const Py_ssize_t* dims, int ndim, int depth) except -1:
+    """Every list at ``depth`` has ``dims[depth]`` items: lists above the deepest level,
+    numbers (anything but a list) at it."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(lst)
     cdef PyObject* x
-    if depth > MAX_NEST_DEPTH:
-        raise ValueError(f"data nests lists deeper than {MAX_NEST_DEPTH} levels")
-    for i in range(PyList_GET_SIZE(lst)):
+    if n != dims[depth]:
+        raise ValueError(f"data nests unevenly: a list at depth {depth} has {n} items where the "
+                         f"first list at that depth has {dims[depth]}")
+    if depth == ndim - 1:
+        for i in range(n):
+            if GW_IS_LIST(PyList_GET_ITEM(lst, i)):
+                raise ValueError(f"data nests unevenly: a list at depth {depth + 1}, where the first "
+                                 f"element at that depth is a number")
+        return 0
+    for i in range(n):
         x = PyList_GET_ITEM(lst, i)
-        if GW_IS_LIST(x):
-            n += count_leaves(<list>x, depth + 1)
-        else:
-            n += 1
+        if not GW_IS_LIST(x):
+            raise ValueError(f"data nests unevenly: a number at depth {depth + 1}, where the first "
+                             f"element at that depth is a list")
+        check_even(<list>x, dims, ndim, depth + 1)
+    return 0
+
+
+cdef Py_ssize_t count_leaves(list lst) except -1:
+    """Leaves of a nested list that nests evenly (ValueError otherwise): the shape is read
+    down the first elements, then every list is checked against it."""
+    cdef Py_ssize_t dims[MAX_NEST_DEPTH]
+    cdef int ndim = 0, k
+    cdef Py_ssize_t n = 1
+    cdef list x = lst
+    cdef PyObject* first
+    while True:
+        if ndim == MAX_NEST_DEPTH:
+            raise ValueError(f"data nests lists deeper than {MAX_NEST_DEPTH} levels")
+        dims[ndim] = PyList_GET_SIZE(x)
+        ndim += 1
+        if dims[ndim - 1] == 0:
+            break
+        first = PyList_GET_ITEM(x, 0)
+        if not GW_IS_LIST(first):
+            break
+        x = <list>first
+    check_even(lst, dims, ndim, 0)
+    for k in range(ndim):  # the checked product is the real number of leaves: no overflow
+        n *= dims[k]
     return n
 
 
@@ -231,8 +270,9 @@ cdef Py_ssize_t fill(list lst, char* out, Py_ssize_t cap, int dt) except -1:
 def list_to_array(data, str datatype not None, Py_ssize_t expected_count=-1):
     """Flat 1-D array of KServe ``datatype`` from a JSON-decoded, possibly nested list.
 
-    ValueError for a non-list, an element of the wrong type (named by its flat index), nesting
-    deeper than 64 levels, or (``expected_count >= 0``) a count that differs from the shape's;
+    ValueError for a non-list, an element of the wrong type (named by its flat index), uneven
+    nesting or nesting deeper than 64 levels, or (``expected_count >= 0``) a count that differs
+    from the shape's;
     OverflowError for an integer outside the dtype's range.
     """
     cdef object code = _CODES.get(datatype)
@@ -251,7 +291,7 @@ def list_to_array(data, str datatype not None, Py_ssize_t expected_count=-1):
         arr = cnp.PyArray_EMPTY(1, &n, _TYPENUM[dt], 0)
         got = fill(<list>data, cnp.PyArray_BYTES(arr), -1, dt)
     if got == NESTED:
-        n = count_leaves(<list>data, 1)
+        n = count_leaves(<list>data)
         if expected_count >= 0 and n != expected_count:
             raise ValueError(f"data has {n} elements but shape implies {expected_count}")
         arr = cnp.PyArray_EMPTY(1, &n, _TYPENUM[dt], 0)
@@ -277,9 +317,10 @@ def json_tensor(dict inp):
     cdef object shape = inp.get("shape")
     cdef object data
     cdef object code
-    cdef Py_ssize_t i, ndim, count = 1
-    cdef object d
+    cdef Py_ssize_t i, ndim, count = 1, span = 1
+    cdef PyObject* d
     cdef long long v
+    cdef int overflow
     cdef cnp.ndarray arr
     if type(name) is not str or type(datatype) is not str or type(shape) is not list:
         return None
@@ -289,16 +330,20 @@ def json_tensor(dict inp):
     if code is None:
         return None
     ndim = PyList_GET_SIZE(<list>shape)
+    if ndim > MAX_DIMS:
+        return None  # the general decoder names the problem
     for i in range(ndim):
-        d = <object>PyList_GET_ITEM(<list>shape, i)
-        if type(d) is not int:
+        d = PyList_GET_ITEM(<list>shape, i)
+        if not GW_IS_EXACT_INT(d):
             return None
-        v = d
-        if v < 0 or v > 0x7fffffff:
+        v = PyLong_AsLongLongAndOverflow(d, &overflow)
+        if overflow or v < 0 or v > 0x7fffffff:
             return None
         count *= v
-        if count > (1LL << 40):
-            return None
+        if v:  # an empty tensor's other dimensions must fit numpy too
+            span *= v
+            if span > (1LL << 40):
+                return None
     data = inp.get("data")
     if data is None:
         return None

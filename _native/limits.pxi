@@ -10,3 +10,5 @@ cdef enum:
     # Deepest list nesting list_to_array accepts (tensor ranks are small; this also stops a
     # self-containing list from recursing forever).
     MAX_NEST_DEPTH = 64
+    # Most dimensions a tensor may have (numpy's own limit; gateway.validate.MAX_DIMS agrees).
+    MAX_DIMS = 64

@@ -61,6 +61,8 @@ class App:
         self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
         self.worker_stats: WorkerStats | None = None
         locked = REPOSITORY_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
+        if settings.repository_control == "none":
+            locked = "model load/unload is off on this server (repository_control = \"none\")"
         self.dataplane = DataPlane(self.registry, self.router, server_name=settings.server_name, shm=self.shm,
                                    repository_locked=locked)
         if worker is not None:

@@ -113,6 +113,10 @@ class Batcher:
             raise GatewayError(Code.UNAVAILABLE, f"model '{self.name}' version {self.version} is unloading")
         rows = check_request(self.sig, request)
         q = self.queue
+        if rows > q.max_queue_rows:  # could never fit, however idle the server: not worth a retry
+            raise GatewayError(Code.INVALID_ARGUMENT,
+                               f"request has {rows} rows; model '{self.name}' queues at most {q.max_queue_rows} "
+                               "(max_queue_size)")
         if not q.has_room(rows):
             raise GatewayError(Code.RESOURCE_EXHAUSTED,
                                f"model '{self.name}' queue is full ({q.max_queue_rows} rows queued at most)",

@@ -272,8 +272,9 @@ class ModelRegistry:
         if parameters:
             config = config_parameter(name, parameters)
         if name not in self.on_disk():  # also refuses '..' and other names that are no model directory
+            # The repository's path stays out of the message: clients need not learn the host's layout.
             raise GatewayError(Code.NOT_FOUND, f"failed to load '{name}', failed to poll from model repository "
-                               f"(no model directory '{name}' in {self.root})")
+                               f"(no model directory '{name}' in the repository)")
         self._wanted.add(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -354,12 +355,16 @@ class ModelRegistry:
         return mv
 
     async def unload(self, name: str) -> None:
+        # Only names the repository knows: '../x' or '/tmp' must not tell whether a directory exists
+        # elsewhere on the host, nor leave a lock or an error entry behind for every name tried.
+        if name not in self.models and name not in self.errors and name not in self.on_disk():
+            raise unknown_model(name)
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             self._wanted.discard(name)
             versions = self.models.pop(name, None)
             if versions is None:
-                if name in self.errors or (self.root / name).is_dir():
+                if name in self.errors or name in self.on_disk():
                     self.errors[name] = "unloaded"
                     return
                 raise unknown_model(name)

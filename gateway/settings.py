@@ -45,6 +45,16 @@ class ServerSettings:
     """Idle keep-alive connections are closed after this many seconds."""
     max_pipelined_requests: int = 256
     """Requests one HTTP connection may have outstanding before the server stops reading it."""
+    header_timeout_s: float = 20.0
+    """Seconds a request head may take from its first byte (from accept, for the first); then 408, close."""
+    body_timeout_s: float = 60.0
+    """Seconds a request body may take from the end of its head; then 408 and close."""
+    max_connections: int = 0
+    """HTTP connections served at once (then the health reserve, then 503); 0: from RLIMIT_NOFILE."""
+    fd_reserve: int = 0
+    """With max_connections 0: fds kept from HTTP for gRPC, models, logs; 0: RLIMIT_NOFILE / 4."""
+    health_connections: int = 16
+    """HTTP connections past max_connections accepted for /v2/health/* and /metrics only."""
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED."""
     grpc_max_inflight_bytes: int = 512 * 1024 * 1024
@@ -77,6 +87,8 @@ class ServerSettings:
     """Most system shared-memory regions registered at once (each is one mapping)."""
     worker_stats_interval_s: float = 0.5
     """With workers > 1: how often each worker shares its statistics (the staleness bound of a scrape)."""
+    repository_control: str = "explicit"
+    """"explicit": clients may load/unload models (repository extension); "none": they may not."""
     strict_readiness: bool = True
     """Ready only while every model that should be loaded serves (Triton's default); false: the loaded ones serve."""
 
@@ -131,6 +143,12 @@ class ServerSettings:
                      "max_shm_regions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "http_keepalive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_connections", "fd_reserve", "health_connections"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.http_port <= 65535:
             raise ValueError(f"setting http_port out of range: {self.http_port}")
         if not -1 <= self.grpc_port <= 65535:
@@ -142,6 +160,8 @@ class ServerSettings:
             raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
         if self.worker_stats_interval_s <= 0:
             raise ValueError(f"setting worker_stats_interval_s must be > 0, got {self.worker_stats_interval_s}")
+        if self.repository_control not in ("explicit", "none"):
+            raise ValueError(f"setting repository_control must be 'explicit' or 'none', got {self.repository_control!r}")
         if self.workers < 1:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):

@@ -14,6 +14,14 @@ import numpy as np
 from gateway.errors import invalid
 from gateway.types import InferRequest, TensorSpec, numpy_to_datatype
 
+MAX_DIMS = 64
+"""Most dimensions a tensor may have (numpy's own limit)."""
+MAX_NEST_DEPTH = 64
+"""Deepest list nesting accepted in JSON tensor data (the native ``list_to_array`` agrees)."""
+_MAX_SPAN = ((1 << 63) - 1) // 8
+"""Largest product of a shape's non-zero dimensions: numpy refuses any array, even an empty one,
+whose non-zero dimensions times an 8-byte item overflow a signed 64-bit size."""
+
 
 @dataclass(frozen=True, slots=True)
 class Signature:
@@ -33,6 +41,29 @@ class Signature:
         inner = [t.shape[1:] if batching else t.shape for t in inputs]
         return cls(model, tuple(inputs), tuple(outputs), batching,
                    any(-1 in s for s in inner), tuple(o.name for o in outputs))
+
+
+def check_shape(name: str, shape: object) -> int:
+    """Element count of a client-sent shape, which must be a list of at most ``MAX_DIMS``
+    non-negative integers whose non-zero product numpy can represent; else INVALID_ARGUMENT.
+
+    Wire decoders call this before they allocate or reshape anything, so that an absurd shape
+    (``[2**63]``, ``[0, 2**62, 2**62]``, 65 dimensions) is the client's error, not a crash.
+    """
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        raise invalid(f"input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
+    if len(shape) > MAX_DIMS:
+        raise invalid(f"input '{name}' has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    count = 1
+    span = 1
+    for d in shape:
+        count *= d
+        if d:
+            span *= d
+            if span > _MAX_SPAN:
+                raise invalid(f"input '{name}' has shape {shape}, too large for any tensor "
+                              f"(its non-zero dimensions multiply past {_MAX_SPAN})")
+    return count
 
 
 def check_request(sig: Signature, req: InferRequest) -> int:

@@ -194,6 +194,21 @@ def test_queue_bound_rejects_at_once() -> None:
     asyncio.run(main())
 
 
+def test_more_rows_than_the_queue_holds_is_invalid_not_retryable() -> None:
+    """Even an idle queue could never take it: INVALID_ARGUMENT naming the limit, not a 429."""
+    async def main() -> None:
+        b, _, _ = make(delay_us=10_000_000, max_batch=2)
+        b.queue.max_queue_rows = 3
+        with pytest.raises(GatewayError) as e:
+            b.submit(req(1.0, rows=4), Collector().cb(1.0))
+        assert e.value.code is Code.INVALID_ARGUMENT and e.value.retry_after_s is None
+        assert "queues at most 3" in e.value.message
+        assert b.queue.rows == 0
+        b.submit(req(1.0, rows=3), Collector().cb(1.0))  # split into chunks of 2: fits
+
+    asyncio.run(main())
+
+
 def test_eager_submit_runs_at_once_only_when_idle() -> None:
     async def main() -> None:
         b, backend, _ = make()

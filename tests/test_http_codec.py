@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import random_array
 
+from gateway.errors import Code, GatewayError
 from gateway.front.http_codec import decode_infer, encode_infer
 from gateway.types import InferResponse
 
@@ -41,3 +42,29 @@ def test_json_request_fast_path_equals_general_path(datatype, shape, seed, neste
     for got in (fast.inputs["X"], general.inputs["X"]):
         assert got.dtype == arr.dtype and got.shape == arr.shape
         np.testing.assert_array_equal(got, arr)
+
+
+_DIM = st.integers(0, 4) | st.sampled_from([2**31, 2**62, 2**63, 2**64 - 1, -1]) | st.booleans() | st.floats()
+_LEAF = st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=3) | st.booleans() | st.none()
+_DATA = st.recursive(_LEAF, lambda kids: st.lists(kids, max_size=4), max_leaves=12)
+_TENSOR = st.fixed_dictionaries(
+    {"name": st.sampled_from(["X", "Y"]) | st.integers(0, 9),
+     "datatype": st.sampled_from(NUMERIC + ["BYTES", "FP8", ""])},
+    optional={"shape": st.lists(_DIM, max_size=5) | st.integers(-9, 9) | st.sampled_from(
+                  [[1] * 65, [0, 2**62, 2**62], [2**63], [1, 2**63], [0, 2**63 - 1, 4]]),
+              "data": _DATA | st.sampled_from([[], ["a"], [1.0], [True]]),
+              "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-1, 70)})})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TENSOR, max_size=3), st.binary(max_size=64), st.booleans(),
+       st.lists(st.fixed_dictionaries({"name": st.sampled_from(["A", "B"])}), max_size=3))
+def test_any_body_decodes_or_raises_gateway_error(inputs, tail, binary, outputs) -> None:
+    """Whatever a client sends, decoding either succeeds or raises GatewayError (a 4xx):
+    never another exception, which would leave the request unanswered or answered 500."""
+    head = orjson.dumps({"inputs": inputs, "outputs": outputs})
+    body, hlen = (head + tail, len(head)) if binary else (head, -1)
+    try:
+        decode_infer(body, hlen, "m", "")
+    except GatewayError as err:
+        assert err.code is Code.INVALID_ARGUMENT

@@ -5,6 +5,8 @@ Outputs are compared with onnxruntime run directly on the same .onnx file.
 
 from __future__ import annotations
 
+import http.client
+import json
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,6 @@ def test_mlp_both_versions_match_onnxruntime(server: ServerThread, repo: Path, b
 @pytest.mark.parametrize("datatype", ALL_TYPES)
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_every_datatype_round_trips(server: ServerThread, datatype: str, binary: bool) -> None:
-    if datatype == "FP16" and not binary:
-        pass  # JSON numbers for FP16 are supported too; values compared after float16 rounding
     c = client(server)
     x = random_array(datatype, (2, 4), np.random.default_rng(1))
     out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
@@ -80,6 +80,23 @@ def test_every_datatype_round_trips(server: ServerThread, datatype: str, binary:
     else:
         assert got.dtype == x.dtype
         np.testing.assert_array_equal(got, x)
+
+
+def test_fp16_json_numbers_are_rounded_like_numpy(server: ServerThread) -> None:
+    """JSON numbers for FP16 need not be representable: each is rounded to nearest as
+    ``np.float16`` rounds it (the round trip above sends only exact FP16 values)."""
+    values = [0.1, 1 / 3, 2.718281828, -1234.5678, 65519.0, 6e-8, 1e-9, 3]
+    body = json.dumps({"inputs": [{"name": "INPUT0", "datatype": "FP16", "shape": [2, 4], "data": values}]})
+    conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    conn.request("POST", "/v2/models/identity_fp16/infer", body=body)
+    r = conn.getresponse()
+    out = json.loads(r.read())
+    conn.close()
+    assert r.status == 200, out
+    want = np.asarray(values, dtype=np.float16).reshape(2, 4)
+    assert want[1, 0] == 65504.0 and want[1, 2] == 0.0  # rounding that matters: to the max, to zero
+    got = np.asarray(out["outputs"][0]["data"], dtype=np.float64).astype(np.float16).reshape(2, 4)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])

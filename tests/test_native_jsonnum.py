@@ -31,11 +31,21 @@ def ref_list_to_array(data, datatype: str, expected: int = -1) -> np.ndarray:
         raise ValueError("not a list")
     flat: list = []
 
-    def walk(x: list) -> None:
-        for e in x:
-            walk(e) if isinstance(e, list) else flat.append(e)
+    def shape_of(x: list, depth: int) -> list[int]:
+        """The shape of an evenly nested list; ValueError for uneven nesting."""
+        if depth > 64:
+            raise ValueError("deeper than 64")
+        if not all(isinstance(e, list) for e in x):
+            if any(isinstance(e, list) for e in x):
+                raise ValueError("nests unevenly")
+            flat.extend(x)
+            return [len(x)]
+        subs = [shape_of(e, depth + 1) for e in x]
+        if any(s != subs[0] for s in subs):
+            raise ValueError("nests unevenly")
+        return [len(x), *(subs[0] if subs else [])]
 
-    walk(data)
+    shape_of(data, 1)
     if expected >= 0 and len(flat) != expected:
         raise ValueError(f"data has {len(flat)} elements but shape implies {expected}")
     dtype = DATATYPE_TO_NUMPY[datatype]
@@ -161,8 +171,13 @@ def test_integer_range_edges(datatype: str) -> None:
         ([1, 2], "BOOL", ValueError, "element 1 is int 2; BOOL data must hold true/false"),
         ([0.0], "BOOL", ValueError, "element 0 is float"),
         ([1, 2, 3], "FP32", ValueError, "data has 3 elements but shape implies 4"),
-        ([[1, 2], [3]], "FP32", ValueError, "data has 3 elements but shape implies 2"),
-        ([[1, 2], [3]], "FP32", ValueError, "data has 3 elements but shape implies 4"),
+        ([[1], [2], [3]], "FP32", ValueError, "data has 3 elements but shape implies 2"),
+        ([[1, 2, 3]], "FP32", ValueError, "data has 3 elements but shape implies 4"),
+        ([[1, 2], [3]], "FP32", ValueError, "nests unevenly: a list at depth 1 has 1 items where the first"),
+        ([1, [2]], "INT32", ValueError, "nests unevenly: a list at depth 1, where the first element"),
+        ([[1], 2], "INT32", ValueError, "nests unevenly: a number at depth 1, where the first element"),
+        ([[[1]], [2]], "BOOL", ValueError, "nests unevenly: a number at depth 2"),
+        ([[], [1]], "FP64", ValueError, "nests unevenly: a list at depth 1 has 1 items where the first"),
         (1.5, "FP32", ValueError, "must be a JSON array, got float"),
         ({"data": [1]}, "FP32", ValueError, "must be a JSON array, got dict"),
         ((1, 2), "FP32", ValueError, "must be a JSON array, got tuple"),

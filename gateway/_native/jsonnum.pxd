@@ -7,7 +7,8 @@ cdef enum DType:
     DT_BOOL, DT_INT8, DT_INT16, DT_INT32, DT_INT64
     DT_UINT8, DT_UINT16, DT_UINT32, DT_UINT64, DT_FP16, DT_FP32, DT_FP64
 
-cdef Py_ssize_t count_leaves(list lst, int depth) except -1
+cdef int check_even(list lst, const Py_ssize_t* dims, int ndim, int depth) except -1
+cdef Py_ssize_t count_leaves(list lst) except -1
 cdef Py_ssize_t fill_float(list lst, char* out, Py_ssize_t pos, Py_ssize_t cap, int dt,
                            int depth) except -1
 cdef Py_ssize_t fill_int(list lst, char* out, Py_ssize_t pos, Py_ssize_t cap, int dt,

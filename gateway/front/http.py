@@ -4,13 +4,22 @@ One ``HttpProtocol`` per connection. Requests are parsed by httptools callbacks;
 request is decoded and submitted to the data plane with a callback (no task or future per
 request), and its response is written when the batch completes. Pipelined requests are
 answered in order: a response that completes early waits in ``_parked`` until its turn.
-Limits (body size, head size, pipelined requests, idle keep-alive) are ServerSettings fields.
+
+Invariant: every request gets exactly one answer, whatever its handling raises (an error we
+did not foresee is a 500, logged); a request whose answer can never come (a bug) must not hold
+its connection: the keep-alive timeout closes connections whose next answer is owed by nobody.
+Limits (body size, head size, pipelined requests, idle keep-alive, head and body timeouts,
+connection count) are ServerSettings fields. Timeouts cost no timer per request: each
+connection keeps the tick its current phase began, and ``HttpFront._sweep`` compares ticks
+once a second. Connections past ``max_connections`` come from a small reserve that may only
+ask for health and /metrics; past that reserve a connection is refused at once (503, closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from typing import Any
 from urllib.parse import unquote
 
@@ -24,7 +33,7 @@ from gateway.front.http_routes import route_get, route_post_admin, route_post_no
 from gateway.metrics import render_metrics
 from gateway.settings import ServerSettings
 from gateway.shm import write_outputs
-from gateway.types import InferRequest, InferResponse
+from gateway.types import InferResponse
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +46,8 @@ def status_line(status: int) -> bytes:
     if line is None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-                  415: "Unsupported Media Type",
                   500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-                  504: "Gateway Timeout", 499: "Client Closed Request"}.get(status, "Unknown")
+                  504: "Gateway Timeout", 415: "Unsupported Media Type", 499: "Client Closed Request"}.get(status, "Unknown")
         line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {reason}\r\n".encode()
     return line
 
@@ -56,6 +64,29 @@ def error_response(err: GatewayError, close: bool = False) -> bytes:
     status, _ = http_status(err.code)
     extra = f"retry-after: {err.retry_after_s}\r\n".encode() if err.retry_after_s is not None else b""
     return build_response(status, dumps({"error": err.message}), extra=extra, close=close)
+
+
+class _Stop(Exception):
+    """Raised from a parser callback after ``_fatal``: stop parsing what the client sent next."""
+
+
+# Where a connection is in its current request; the sweep times the head and body phases.
+_IDLE, _HEAD, _BODY = 0, 1, 2
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RETRY = b"retry-after: 1\r\n"
+
+
+def connection_cap(settings: ServerSettings) -> int:
+    """HTTP connections served at once: ``max_connections``, or when that is 0 the file
+    descriptors RLIMIT_NOFILE leaves after ``fd_reserve`` (gRPC, models, logs) and the health
+    reserve, so that HTTP alone can never exhaust the process's fds."""
+    if settings.max_connections > 0:
+        return settings.max_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    reserve = settings.fd_reserve or soft // 4
+    return max(1, soft - reserve - settings.health_connections)
 
 
 _OK_200 = status_line(200)
@@ -96,7 +127,8 @@ class _Call:
                 body, hlen = encode_infer(resp, self.binary, written)  # type: ignore[arg-type]
             except Exception as exc:  # an output we cannot serialise must not kill the connection
                 log.exception("encoding response failed")
-                data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"))
+                data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"),
+                                      not self.keep_alive)
             else:
                 close = b"" if self.keep_alive else b"connection: close\r\n"
                 if self.accept is not None:  # compressed, and content-encoding put before `close`
@@ -122,6 +154,11 @@ class HttpFront:
         self.tick = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.infer_routes: dict[bytes, tuple[str, str]] = {}
+        self.max_connections = connection_cap(settings)
+        self.reserve: set[HttpProtocol] = set()  # from the health reserve; also in ``connections``
+        self.refused = build_response(503, dumps({"error": (
+            f"server has its {self.max_connections} HTTP connections and its "
+            f"{settings.health_connections} health connections open; try again later")}), extra=_RETRY, close=True)
 
     async def start(self, sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
@@ -138,13 +175,40 @@ class HttpFront:
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
-        """Once a second: close connections idle longer than the keep-alive timeout."""
-        self.tick += 1
-        limit = self.settings.http_keepalive_timeout_s
+        """Once a second: answer 408 and close where a request head or body is late; close
+        connections idle past the keep-alive timeout. A connection counts as idle when no
+        in-flight work owes its next answer: parked answers waiting behind a request that will
+        never be answered do not keep it open (and are logged, as that is a bug)."""
+        self.tick = tick = self.tick + 1
+        s = self.settings
+        keepalive, head_limit, body_limit = s.http_keepalive_timeout_s, s.header_timeout_s, s.body_timeout_s
         for c in list(self.connections):
-            if not c._tickets and not c._parked and self.tick - c.last_active > limit:
+            if not c._closing and not c._paused:  # while we do not read, the client cannot be late
+                phase, waited = c._phase, tick - c._since
+                if phase == _BODY:
+                    if waited > body_limit:
+                        c._late("body", "body_timeout_s", body_limit)
+                # a connection's first request is timed from accept
+                elif (phase == _HEAD or c._seq == 0) and waited > head_limit:
+                    c._late("head", "header_timeout_s", head_limit)
+            if tick - c.last_active > keepalive and c._next_write not in c._tickets:
+                if c._parked:
+                    log.warning("closing an HTTP connection whose request %d was never answered "
+                                "(%d later answers parked)", c._next_write, len(c._parked))
                 c.close()
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
+
+    def evict_silent_reserve(self) -> bool:
+        """Make room in the full health reserve by closing the connection that has been silent
+        longest (nothing asked, nothing owed), so that a flood of idle connections cannot hold
+        the reserve: a probe sends its request at once and is served before it is the oldest."""
+        silent = [c for c in self.reserve if c._phase == _IDLE and not c._tickets and not c._parked]
+        if not silent:
+            return False
+        victim = min(silent, key=lambda c: c.last_active)
+        self.reserve.discard(victim)
+        victim.close()
+        return True
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish (up to ``grace`` s), then close connections."""
@@ -162,7 +226,8 @@ class HttpFront:
             await self.server.wait_closed()
 
     def infer_route(self, url: bytes) -> tuple[str, str] | None:
-        """(model, version) for an infer URL, cached: the same few URLs arrive over and over."""
+        """(model, version) for an infer URL, cached: the same few URLs arrive over and over.
+        An empty version segment is an error, not the default version."""
         r = self.infer_routes.get(url)
         if r is None:
             path = url.split(b"?", 1)[0].decode("latin-1")
@@ -172,6 +237,8 @@ class HttpFront:
                 r = (unquote(parts[3]), "")
             elif (len(parts) == 7 and parts[1] == "v2" and parts[2] == "models" and parts[4] == "versions"
                   and parts[6] == "infer"):
+                if not parts[5]:
+                    raise GatewayError(Code.INVALID_ARGUMENT, f"empty version segment in {path}")
                 r = (unquote(parts[3]), unquote(parts[5]))
             else:
                 return None
@@ -182,14 +249,16 @@ class HttpFront:
 
 class HttpProtocol(asyncio.Protocol):
     __slots__ = ("front", "transport", "parser", "_url", "_body", "_body_len", "_header_len", "_head_bytes",
-                 "_expect_continue", "_too_large", "_seq", "_next_write", "_parked", "_tickets", "_closing",
-                 "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined", "_content_encoding",
+                 "_expect_continue", "_continue_due", "_seq", "_next_write", "_parked", "_tickets", "_closing",
+                 "_paused", "last_active", "_dataplane", "_max_body", "_max_head", "_max_pipelined", "_phase",
+                 "_since", "_head_raw", "_reserve", "_content_encoding",
                  "_accept_encoding")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self._dataplane = front.dataplane
         self._max_body = front.settings.max_body_bytes
+        self._max_head = front.settings.max_header_bytes
         self._max_pipelined = front.settings.max_pipelined_requests
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -199,7 +268,7 @@ class HttpProtocol(asyncio.Protocol):
         self._header_len = -1
         self._head_bytes = 0
         self._expect_continue = False
-        self._too_large = False
+        self._continue_due = False  # a 100 Continue waits until earlier answers are written
         self._seq = 0
         self._next_write = 0
         self._parked: dict[int, tuple[bytes, bool]] = {}
@@ -207,15 +276,31 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = False
         self._paused = False
         self.last_active = front.tick
+        self._phase = _IDLE
+        self._since = front.tick  # when the current phase began (accept, first byte, end of head)
+        self._head_raw = 0  # bytes of an unfinished head, which httptools buffers unbounded
+        self._reserve = False  # from the health reserve: health and /metrics only
         self._content_encoding: bytes | None = None
         self._accept_encoding: bytes | None = None
 
     # ---- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.front.connections.add(self)
+        front = self.front
+        reserve = front.reserve
+        if len(front.connections) - len(reserve) >= front.max_connections:
+            if len(reserve) >= front.settings.health_connections and not front.evict_silent_reserve():
+                self._closing = True  # past every budget: refuse before reading anything
+                transport.write(front.refused)  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._reserve = True
+            reserve.add(self)
+        front.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._reserve:
+            self.front.reserve.discard(self)
         self.front.connections.discard(self)
         for t in self._tickets.values():
             t.cancel()  # the caller is gone: drop its queued work
@@ -242,35 +327,74 @@ class HttpProtocol(asyncio.Protocol):
     def _resume_reading(self) -> None:
         if self._paused and self.transport is not None and not self._closing:
             self._paused = False
+            if self._phase != _IDLE:
+                self._since = self.front.tick  # the time we did not read was ours, not the client's
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return  # answered and closing: nothing more the client sends is read
         self.last_active = self.front.tick
+        in_head = self._phase == _HEAD
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if not self._closing:  # one of our callbacks failed (not _Stop): a bug, still answered
+                log.error("reading an HTTP request failed", exc_info=exc.__context__)
+                self._fatal(500, "internal error while reading the request")
         except httptools.HttpParserUpgrade:
             self._fatal(400, "protocol upgrade is not supported")
         except httptools.HttpParserError as exc:
             if not self._closing:
                 self._fatal(400, f"malformed HTTP request: {exc}")
+        else:
+            if in_head and self._phase == _HEAD:  # all of this chunk went into an unfinished head
+                self._head_raw += len(data)
+                if self._head_raw > self._max_head:
+                    self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
 
-    def _fatal(self, status: int, message: str) -> None:
-        """Answer (in order) and close: the byte stream cannot be trusted past this point."""
+    def _fatal(self, status: int, message: str, extra: bytes = b"") -> None:
+        """Answer (in order) and close: the byte stream cannot be trusted past this point.
+
+        The answer goes to the first request that nobody will answer, if there is one (handling
+        that failed without answering), else to the request being read."""
         seq = self._seq
         self._seq += 1
+        for s in range(self._next_write, seq):
+            if s not in self._tickets and s not in self._parked:
+                seq = s
+                break
         self._pause_reading()
         self._closing = True
-        self._write_in_order(seq, build_response(status, dumps({"error": message}), close=True), True)
+        self._write_in_order(seq, build_response(status, dumps({"error": message}), extra=extra, close=True), True)
+
+    def _late(self, what: str, setting: str, limit: float) -> None:
+        """The sweep found the request head or body late: 408, or a plain close when no byte of
+        a request has arrived (there is nothing to answer)."""
+        if self._phase == _IDLE:
+            self.close()
+        else:
+            self._fatal(408, f"request {what} not received within {setting} ({limit:g} s)")
 
     # ---- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._phase = _HEAD
+        self._head_raw = 0
+        if self._seq:  # a connection's first request is timed from accept
+            self._since = self.front.tick
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
+            raise _Stop
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > self.front.settings.max_header_bytes:
-            raise httptools.HttpParserError("request head too large")
+        if self._head_bytes > self._max_head:
+            self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
+            raise _Stop
         # Dispatch on length first: most headers (host, content-type, ...) are skipped without lower().
         size = len(name)
         if size == 31:
@@ -282,10 +406,12 @@ class HttpProtocol(asyncio.Protocol):
         elif size == 14:
             if name.lower() == b"content-length":
                 try:
-                    if int(value) > self._max_body:
-                        self._too_large = True
+                    too_large = int(value) > self._max_body
                 except ValueError:
-                    pass  # httptools rejects it
+                    too_large = False  # httptools rejects it
+                if too_large:
+                    self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
+                    raise _Stop
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         elif 15 <= size <= 16:  # one comparison for the headers that are neither of these two
@@ -294,21 +420,34 @@ class HttpProtocol(asyncio.Protocol):
                 self._content_encoding = value
             elif lname == b"accept-encoding":
                 self._accept_encoding = value
-        if self._too_large:
-            if not self._closing:
-                self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
-        elif self._expect_continue and self.transport is not None:
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        self._since = self.front.tick
+        if self._reserve:
+            self._check_reserve()
+        if self._expect_continue:  # only now: after the Content-Length check, once per request
             self._expect_continue = False
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            t = self.transport
+            if self._next_write != self._seq:
+                self._continue_due = True  # earlier answers first: _write_in_order sends it
+            elif t is not None and not t.is_closing():
+                t.write(_CONTINUE)
+
+    def _check_reserve(self) -> None:
+        """A connection from the health reserve may only ask for health and /metrics."""
+        path = self._url.split(b"?", 1)[0]
+        if self.parser.get_method() in (b"GET", b"HEAD") and (path == b"/metrics" or path.startswith(b"/v2/health/")):
+            return
+        self._fatal(503, f"server is at max_connections ({self.front.max_connections}); this connection "
+                         "may only ask for /v2/health/* and /metrics", _RETRY)
+        raise _Stop
 
     def on_body(self, body: bytes) -> None:
-        if self._closing:
-            return
         self._body_len += len(body)
         if self._body_len > self._max_body:
-            self._too_large = True
             self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
-            return
+            raise _Stop
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -329,38 +468,39 @@ class HttpProtocol(asyncio.Protocol):
         self._body_len = 0
         self._header_len = -1
         self._head_bytes = 0
+        self._phase = _IDLE
+        self._continue_due = False
         self._accept_encoding = None
-        if self._content_encoding is not None:  # only requests that sent one pay for decoding
-            decoded = self._decode_body(seq, body, keep_alive)
-            if decoded is None:
-                return
-            body = decoded
-        if method == b"POST":
-            route = self.front.infer_routes.get(url) or self.front.infer_route(url)
-            if route is not None:
-                req: InferRequest | None = None
-                try:
+        route = req = None
+        try:
+            if self._content_encoding is not None:  # only requests that sent one pay for decoding
+                decoded = self._decode_body(seq, body, keep_alive)
+                if decoded is None:
+                    return
+                body = decoded
+            if method == b"POST":
+                route = self.front.infer_routes.get(url) or self.front.infer_route(url)
+                if route is not None:
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     req = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
                     call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs, accept)
                     self._tickets[seq] = self._dataplane.submit(req, call.done)
-                except GatewayError as err:
-                    if req is None:  # not decoded (submit counts its own rejections)
-                        self._dataplane.record_rejected(route[0], route[1], err.code)
-                    self._write_in_order(seq, error_response(err, not keep_alive), not keep_alive)
+                    if len(self._tickets) >= self._max_pipelined:
+                        self._pause_reading()
                     return
-                if len(self._tickets) >= self._max_pipelined:
-                    self._pause_reading()
-                return
-        try:
             data = self._handle_other(seq, method, url, body, keep_alive)
         except GatewayError as err:
+            if route is not None and req is None:  # not decoded (submit counts its own rejections)
+                self._dataplane.record_rejected(route[0], route[1], err.code)
             data = error_response(err, not keep_alive)
-        except Exception as exc:  # never let one request kill the connection or the server
-            log.exception("unhandled error on %s %s", method, url)
-            data = error_response(GatewayError(Code.INTERNAL, f"internal error: {exc}"), not keep_alive)
+        except Exception as exc:  # a failure we did not foresee: still exactly one answer, logged once
+            log.exception("unhandled error on %s %s", method.decode("latin-1"), url[:200].decode("latin-1"))
+            data = error_response(GatewayError(Code.INTERNAL, f"internal error: {type(exc).__name__}: "
+                                                              f"{str(exc)[:200]}"), not keep_alive)
         if data is not None:
+            if method == b"HEAD":  # the GET's headers, content-length included, and no body
+                data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
 
     def _decode_body(self, seq: int, body: bytes, keep_alive: bool) -> bytes | None:
@@ -384,6 +524,7 @@ class HttpProtocol(asyncio.Protocol):
         if seq != self._next_write:
             self._parked[seq] = (data, close)
             return
+        self.last_active = self.front.tick
         t.write(data)
         self._next_write = seq + 1
         if close:
@@ -399,6 +540,9 @@ class HttpProtocol(asyncio.Protocol):
             if nxt[1]:
                 t.close()
                 return
+        if self._continue_due and self._next_write == self._seq:  # the waiting request is next now
+            self._continue_due = False
+            t.write(_CONTINUE)
         if self._paused and len(self._tickets) < self._max_pipelined // 2:
             self._resume_reading()
 

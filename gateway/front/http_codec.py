@@ -12,7 +12,6 @@ only on the general path (inputs with parameters never take the native fast path
 
 from __future__ import annotations
 
-from math import prod
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from gateway.errors import invalid
 from gateway.shm import REGION as SHM_REGION
 from gateway.shm import SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
+from gateway.validate import MAX_NEST_DEPTH, check_shape
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -105,10 +105,7 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
     if dtype is None:
         raise invalid(f"input '{name}' has unknown datatype {datatype!r}")
     shape = inp.get("shape")
-    if (not isinstance(shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise invalid(f"input '{name}' needs 'shape' as a list of non-negative integers, got {shape!r}")
-    count = prod(shape)
+    count = check_shape(name, shape)
     params = inp.get("parameters")
     size = params.get("binary_data_size") if isinstance(params, dict) else None
     if size is not None:
@@ -116,6 +113,8 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
             raise invalid(f"input '{name}': binary_data_size must be a non-negative integer")
         if len(params) > 1 and SHM_REGION in params:  # type: ignore[arg-type,operator]  # a dict here
             raise invalid(f"input '{name}' has both binary data and a shared memory region")
+        if "data" in inp:
+            raise invalid(f"input '{name}' has both 'data' and parameters.binary_data_size; send one")
         if offset + size > len(body):
             raise invalid(f"input '{name}': binary_data_size {size} runs past the end of the body")
         if datatype == "BYTES":
@@ -150,23 +149,43 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
 
 
 def _bytes_from_json(name: str, data: Any, count: int) -> np.ndarray:
-    flat: list[bytes] = []
-
-    def walk(x: Any) -> None:
-        if isinstance(x, list):
-            for y in x:
-                walk(y)
-        elif isinstance(x, str):
-            flat.append(x.encode("utf-8"))
-        else:
-            raise invalid(f"input '{name}': BYTES data must be strings, got {type(x).__name__}")
-
-    walk(data)
+    flat = [x.encode("utf-8") for x in _regular_leaves(name, data)]
     if len(flat) != count:
         raise invalid(f"input '{name}' has {len(flat)} elements but its shape implies {count}")
     arr = np.empty(count, dtype=object)
     arr[:] = flat
     return arr
+
+
+def _regular_leaves(name: str, data: Any) -> list[str]:
+    """The strings of BYTES ``data``: flat, or nested as a regular array (every list at one depth
+    as long as the others, strings only at the deepest), at most ``MAX_NEST_DEPTH`` deep. Walked
+    level by level, not recursively: a deep nest is the client's error, not a RecursionError."""
+    dims: list[int] = []  # the shape the first element at each depth implies
+    x = data
+    while type(x) is list:
+        if len(dims) == MAX_NEST_DEPTH:
+            raise invalid(f"input '{name}': data nests lists deeper than {MAX_NEST_DEPTH} levels")
+        dims.append(len(x))
+        if not x:
+            break
+        x = x[0]
+    level: list[Any] = [data]
+    for depth, n in enumerate(dims):
+        below: list[Any] = []
+        for lst in level:
+            if type(lst) is not list or len(lst) != n:
+                raise invalid(f"input '{name}': data nests unevenly (at depth {depth} a "
+                              f"{'list of ' + str(len(lst)) if type(lst) is list else type(lst).__name__} "
+                              f"where the first element implies a list of {n})")
+            below += lst
+        level = below
+    for x in level:
+        if type(x) is not str:
+            if type(x) is list:
+                raise invalid(f"input '{name}': data nests unevenly (a list where a string is expected)")
+            raise invalid(f"input '{name}': BYTES data must be strings, got {type(x).__name__}")
+    return level
 
 
 def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: SharedMemoryRegistry | None) -> None:
@@ -179,6 +198,8 @@ def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: Shar
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise invalid(f"outputs[{j}] needs a string 'name'")
         name = out["name"]
+        if name in names:
+            raise invalid(f"output '{name}' is requested twice")
         names.append(name)
         p = out.get("parameters")
         if isinstance(p, dict):

@@ -48,6 +48,8 @@ def route_get(dp: DataPlane, path: str) -> Doc:
         return 200, dp.model_statistics()
     mp = _model_path(parts)
     if mp is not None:
+        if "/versions//" in path:  # not the default version: a client that meant one lost it
+            raise invalid(f"empty version segment in {path}")
         name, version, rest = mp
         if not rest:
             return 200, dp.model_metadata(name, version)
@@ -132,8 +134,19 @@ def route_post_admin(dp: DataPlane, path: str, body: bytes) -> Awaitable[Doc] | 
     if parts == ["v2", "repository", "index"]:
         return _index(dp, body)
     if len(parts) == 5 and parts[:3] == ["v2", "repository", "models"] and parts[4] in ("load", "unload"):
-        return _load_unload(dp, unquote(parts[3]), parts[4], body)
+        return _load_unload(dp, _plain_name(unquote(parts[3]), parts[4]), parts[4], body)
     return None
+
+
+def _plain_name(name: str, action: str) -> str:
+    """A model name names one directory of the repository: anything else is the client's error
+    (checked before the repository touches the file system, where it would fail as a 500)."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name
+            or len(name.encode("utf-8", "surrogatepass")) > 255):
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise invalid(f"failed to {action} {shown!r}: a model name is a plain directory name "
+                      "(1-255 bytes, no '/', '\\' or NUL, not '.' or '..')")
+    return name
 
 
 async def _index(dp: DataPlane, body: bytes) -> Doc:
