@@ -100,7 +100,7 @@ def log_access(start: float, protocol: str, method: str, path: str, model: str, 
               "duration_ms": round(duration_ms, 3), "client": client, "request_id": request_id or None}
     # makeRecord + handle rather than info(): info() walks the stack for the caller's file and line,
     # which was half the cost of a line and means nothing here.
-    record = _access.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, orjson.dumps(fields).decode(), None, None,
+    record = _access.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, orjson.dumps(fields).decode(), (), None,
                                 extra={"access": fields})
     _access.handle(record)
 

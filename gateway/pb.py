@@ -25,6 +25,9 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 GENERATED = Path(__file__).resolve().parent / "grpc_gen"
+Message = Any
+"""The type of every message here: classes built at run time have no static types (annotations say
+which message a function takes in its name or docstring)."""
 DESCRIPTOR_SET = GENERATED / "descriptors.binpb"
 SERVICE_NAME = "inference.GRPCInferenceService"
 

@@ -112,7 +112,8 @@ class Totals:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Totals:
-        t = cls(**{name: int(doc.get(name, 0)) for name in _SUMMED}, last_inference_ms=int(doc["last_inference_ms"]))
+        summed: dict[str, Any] = {name: int(doc.get(name, 0)) for name in _SUMMED}
+        t = cls(**summed, last_inference_ms=int(doc["last_inference_ms"]))
         t.batch_sizes = {int(b[0]): [int(x) for x in b[1:]] for b in doc["batch_sizes"]}
         t.fail_by_code = {str(k): int(n) for k, n in doc["fail_by_code"].items()}
         t.release = {str(k): int(n) for k, n in doc["release"].items()}

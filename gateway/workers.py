@@ -99,7 +99,7 @@ class WorkerStats:
     # ---- reading ---------------------------------------------------------------------------
     def peers(self) -> list[dict[str, Any]]:
         """The other workers' latest snapshots."""
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             names = os.listdir(self.directory)
         except OSError:

@@ -29,6 +29,7 @@ import numpy as np
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import invalid
+from gateway.pb import Message
 from gateway.pb import service as pb
 from gateway.shm import REGION as SHM_REGION
 from gateway.shm import SharedMemoryRegistry
@@ -92,7 +93,7 @@ def params_to_pb(values: Mapping[str, Any], m: MutableMapping[str, Any]) -> None
 
 # ---- requests -------------------------------------------------------------------------------
 
-def decode_infer_request(msg: pb.ModelInferRequest, deadline_us: int = 0,
+def decode_infer_request(msg: Message, deadline_us: int = 0,
                          shm: SharedMemoryRegistry | None = None) -> InferRequest:
     """ModelInferRequest -> InferRequest; raises GatewayError(INVALID_ARGUMENT) on malformed input.
 
@@ -204,7 +205,7 @@ def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...],
 
 
 def _from_contents(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int,
-                   t: pb.ModelInferRequest.InferInputTensor) -> np.ndarray:
+                   t: Message) -> np.ndarray:
     field = CONTENTS_FIELD.get(datatype)
     if field is None:
         raise invalid(f"input '{name}': {datatype} has no typed contents; send it in raw_input_contents")
@@ -236,7 +237,7 @@ def _datatype_of(dtype: np.dtype) -> str:
 
 
 def encode_infer_response(resp: InferResponse,
-                          shm: dict[str, dict[str, Any]] | None = None) -> pb.ModelInferResponse:
+                          shm: dict[str, dict[str, Any]] | None = None) -> Message:
     """InferResponse -> ModelInferResponse with every output in ``raw_output_contents``.
     ``shm``: parameters of the outputs already written into shared memory (an empty raw entry each)."""
     msg = _ModelInferResponse(model_name=resp.model_name, model_version=resp.model_version, id=resp.id)

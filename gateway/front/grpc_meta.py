@@ -16,16 +16,17 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from gateway.pb import Message
 from gateway.pb import service as pb
 
 
-def server_metadata_to_pb(meta: dict[str, Any]) -> pb.ServerMetadataResponse:
+def server_metadata_to_pb(meta: dict[str, Any]) -> Message:
     return pb.ServerMetadataResponse(
         name=meta.get("name", ""), version=meta.get("version", ""), extensions=meta.get("extensions", ())
     )
 
 
-def model_metadata_to_pb(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
+def model_metadata_to_pb(meta: dict[str, Any]) -> Message:
     msg = pb.ModelMetadataResponse(
         name=meta["name"], versions=meta.get("versions", ()), platform=meta.get("platform", "")
     )
@@ -35,15 +36,15 @@ def model_metadata_to_pb(meta: dict[str, Any]) -> pb.ModelMetadataResponse:
     return msg
 
 
-def model_config_to_pb(config: dict[str, Any]) -> pb.ModelConfigResponse:
+def model_config_to_pb(config: dict[str, Any]) -> Message:
     msg = pb.ModelConfigResponse()
     json_format.ParseDict(config, msg.config, ignore_unknown_fields=True)
     return msg
 
 
-def model_statistics_to_pb(stats: dict[str, Any]) -> pb.ModelStatisticsResponse:
+def model_statistics_to_pb(stats: dict[str, Any]) -> Message:
     return json_format.ParseDict(stats, pb.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
 
-def repository_index_to_pb(index: list[dict[str, Any]]) -> pb.RepositoryIndexResponse:
+def repository_index_to_pb(index: list[dict[str, Any]]) -> Message:
     return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse(), ignore_unknown_fields=True)

@@ -35,7 +35,7 @@ from gateway.front.grpc_meta import (
     server_metadata_to_pb,
 )
 from gateway.front.grpc_stream import serve_stream
-from gateway.pb import add_servicer
+from gateway.pb import Message, add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry, write_outputs
@@ -71,33 +71,33 @@ class InferenceServicer:
         self._budget = budget or ByteBudget(1 << 62)
 
     # ---- health and metadata ---------------------------------------------------------------
-    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: Any, context: Any) -> Message:
         return _LIVE
 
-    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: Any, context: Any) -> Message:
         return _READY if self._dp.ready() else _NOT_READY
 
-    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: Any, context: Any) -> Message:
         return _MODEL_READY if self._dp.model_ready(request.name, request.version) else _MODEL_NOT_READY
 
-    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: Any, context: Any) -> Message:
         return server_metadata_to_pb(self._dp.server_metadata())
 
-    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: Any, context: Any) -> Message:
         try:
             return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
         except GatewayError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
             raise  # unreachable: abort raises
 
-    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+    async def ModelConfig(self, request: Any, context: Any) -> Message:
         try:
             return model_config_to_pb(self._dp.model_config(request.name, request.version))
         except GatewayError as exc:
             await context.abort(_STATUS[exc.code], exc.message)
             raise
 
-    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: Any, context: Any) -> Message:
         try:
             return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
         except GatewayError as exc:
@@ -105,7 +105,7 @@ class InferenceServicer:
             raise
 
     # ---- inference -------------------------------------------------------------------------
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: Message, context: Any) -> Message:
         size = 0
         infer_request = None
         try:
@@ -137,7 +137,7 @@ class InferenceServicer:
         await serve_stream(self._dp, request_iterator, context, self._budget)
 
     # ---- repository ------------------------------------------------------------------------
-    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: Any, context: Any) -> Message:
         try:
             _check_repository(request.repository_name)
         except GatewayError as exc:
@@ -145,7 +145,7 @@ class InferenceServicer:
             raise
         return repository_index_to_pb(self._dp.repository_index(request.ready))
 
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> pb.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Message:
         try:
             _check_repository(request.repository_name)
             params = {k: getattr(v, v.WhichOneof("parameter_choice") or "string_param")
@@ -156,7 +156,7 @@ class InferenceServicer:
             raise
         return pb.RepositoryModelLoadResponse()
 
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> pb.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Message:
         try:
             _check_repository(request.repository_name)
             await self._dp.unload_model(request.model_name)
@@ -171,7 +171,7 @@ class InferenceServicer:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "shared memory is not served here")
         return self._dp.shm  # type: ignore[return-value]
 
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> pb.SystemSharedMemoryStatusResponse:
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         try:
             regions = shm.status(request.name)
@@ -184,7 +184,7 @@ class InferenceServicer:
             s.name, s.key, s.offset, s.byte_size = r["name"], r["key"], r["offset"], r["byte_size"]
         return resp
 
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> pb.SystemSharedMemoryRegisterResponse:
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         try:
             shm.register(request.name, request.key, request.offset, request.byte_size)
@@ -193,7 +193,7 @@ class InferenceServicer:
             raise
         return pb.SystemSharedMemoryRegisterResponse()
 
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> pb.SystemSharedMemoryUnregisterResponse:
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         if request.name:
             shm.unregister(request.name)
@@ -201,7 +201,7 @@ class InferenceServicer:
             shm.unregister_all()
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> pb.CudaSharedMemoryStatusResponse:
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         try:
             shm.cuda_status(request.name)  # never any region
@@ -210,7 +210,7 @@ class InferenceServicer:
             raise
         return pb.CudaSharedMemoryStatusResponse()
 
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> pb.CudaSharedMemoryRegisterResponse:
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         try:
             shm.cuda_register(request.name)
@@ -218,7 +218,7 @@ class InferenceServicer:
             await context.abort(_STATUS[exc.code], exc.message)
             raise
 
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> pb.CudaSharedMemoryUnregisterResponse:
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
         shm.cuda_unregister(request.name)
         return pb.CudaSharedMemoryUnregisterResponse()

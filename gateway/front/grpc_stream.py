@@ -24,6 +24,7 @@ from typing import Any
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError
 from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
+from gateway.pb import Message
 from gateway.pb import service as pb
 from gateway.shm import write_outputs
 from gateway.types import InferResponse
@@ -34,7 +35,7 @@ _GONE = object()
 log = logging.getLogger(__name__)
 
 
-def error_answer(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+def error_answer(request: Message, message: str) -> Message:
     return _StreamResponse(
         error_message=message,
         infer_response=_InferResponse(model_name=request.model_name, model_version=request.model_version,
@@ -50,7 +51,7 @@ class _Stream:
     def __init__(self, dp: DataPlane, budget: Any) -> None:
         self.dp = dp
         self.budget = budget
-        self.answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        self.answers: asyncio.Queue[Message | None] = asyncio.Queue()
         self.tickets: dict[int, Any] = {}  # seq -> ticket, for requests not yet answered
         self.sizes: dict[int, int] = {}  # seq -> bytes taken from the server's budget
         self.seq = 0
@@ -69,7 +70,7 @@ class _Stream:
         if not self.tickets:
             self.answers.put_nowait(None)
 
-    def submit(self, msg: pb.ModelInferRequest) -> None:
+    def submit(self, msg: Message) -> None:
         seq = self.seq = self.seq + 1
         self.tickets[seq] = None  # placeholder: done may run before submit returns
         req = None
@@ -92,7 +93,7 @@ class _Stream:
         if seq in self.tickets:
             self.tickets[seq] = ticket
 
-    def done(self, seq: int, msg: pb.ModelInferRequest, resp: InferResponse | None,
+    def done(self, seq: int, msg: Message, resp: InferResponse | None,
              err: GatewayError | None, shm: dict[str, Any] | None = None) -> None:
         self.budget.give(self.sizes.pop(seq, 0))
         if self.tickets.pop(seq, _GONE) is _GONE:

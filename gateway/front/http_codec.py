@@ -132,7 +132,7 @@ def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
         if isinstance(params, dict) and SHM_REGION in params:
             if shm is None:
                 raise invalid(f"input '{name}': shared memory is not served here")
-            return shm.read_input(name, str(datatype), dtype, shape, count, params), offset
+            return shm.read_input(name, str(datatype), dtype, shape, count, params), offset  # type: ignore[arg-type]  # shape checked above
         raise invalid(f"input '{name}' has neither 'data' nor parameters.binary_data_size "
                       "nor parameters.shared_memory_region")
     if isinstance(params, dict) and SHM_REGION in params:
