@@ -117,8 +117,9 @@ def run(names: list[str], seconds: float, jobs: int) -> int:
 def _report(results: list[Result]) -> int:
     print(f"\n{'target':<22}{'seconds':>8}{'executions':>12}{'exec/s':>9}{'new':>6}{'crashes':>9}")
     for r in results:
+        note = "" if not r.crashed or r.artifacts else f"  (failed without an input: exit {r.rc}, see its log)"
         print(f"{r.target:<22}{r.seconds:>8.1f}{r.execs:>12}{r.exec_per_s:>9}{r.new_units:>6}"
-              f"{(1 if r.crashed else 0):>9}")
+              f"{len(r.artifacts):>9}{note}")
     total = sum(r.execs for r in results)
     print(f"{'total':<22}{sum(r.seconds for r in results):>8.1f}{total:>12}")
     failed = [r for r in results if r.crashed]

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import Code, GatewayError
 from gateway.shm import SharedMemoryRegistry
@@ -30,7 +31,7 @@ from native_refs import (  # noqa: E402  (needs tests/ on sys.path)
 )
 
 __all__ = ["FLOAT_TYPES", "INT_TYPES", "int_range", "ref_decode", "ref_encode", "ref_flatten", "ref_list_to_array",
-           "expect_client_error", "shm_registry", "CLIENT_CODES"]
+           "expect_client_error", "shm_registry", "test_models", "CLIENT_CODES"]
 
 CLIENT_CODES = frozenset((Code.INVALID_ARGUMENT, Code.NOT_FOUND))
 """What a decoder may answer bad input with (400 / 404); anything else is a bug."""
@@ -40,6 +41,13 @@ SHM_REGION_SIZE = 4096
 
 def expect_client_error(err: GatewayError) -> None:
     assert err.code in CLIENT_CODES, f"decoder answered {err!r}: not a client error"
+
+
+def test_models() -> Any:
+    """tests/models.py (the test models), imported on first use: it pulls in onnx."""
+    import models
+
+    return models
 
 
 _shm: SharedMemoryRegistry | None = None

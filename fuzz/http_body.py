@@ -11,6 +11,7 @@ So a lenient decoder (one that accepts what it must refuse) fails here too, not 
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 def split_input(data: bytes) -> tuple[bytes, int]:
     """(body, header length or -1) from a target input."""
     head, sep, rest = data.partition(b"\n")
-    if sep and 0 < len(head) <= 20 and head.lstrip(b"-").isdigit():
+    if sep and re.fullmatch(rb"-?[0-9]{1,19}", head):
         return rest, int(head)
     return data, -1
 

@@ -33,6 +33,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from fuzz._common import test_models
 from gateway.dataplane import DataPlane
 from gateway.demo import add_sub_model, mlp_model
 from gateway.front.http import _HEAD, HttpFront, HttpProtocol
@@ -281,18 +282,16 @@ def build_repository(root: Path) -> Path:
     """A few small models: batching with splits (add_sub, max 4 rows), two versions (mlp), BYTES
     with a 2-row queue (identity_bytes: 429s), several dtypes (multi), no batching (static), a
     variable inner dimension on a thread pool (rowsum)."""
-    from models import identity_model, multi_dtype_model, rowsum_model, static_model, write_model
-
-    from fuzz import _common  # noqa: F401  (puts tests/ on sys.path for models)
-
+    m = test_models()
+    write_model, identity_model = m.write_model, m.identity_model
     inline = 'execution = "inline"\n'
     write_model(root, "add_sub", 1, add_sub_model(), inline + "max_batch_size = 4\n")
     write_model(root, "mlp", 1, mlp_model(seed=1), inline + 'version_policy = "all"\n')
     write_model(root, "mlp", 2, mlp_model(seed=2))
     write_model(root, "identity_bytes", 1, identity_model("BYTES"), inline + "max_queue_size = 2\n")
-    write_model(root, "multi", 1, multi_dtype_model(), inline)
-    write_model(root, "static", 1, static_model(), inline)
-    write_model(root, "rowsum", 1, rowsum_model(), 'execution = "thread"\n')
+    write_model(root, "multi", 1, m.multi_dtype_model(), inline)
+    write_model(root, "static", 1, m.static_model(), inline)
+    write_model(root, "rowsum", 1, m.rowsum_model(), 'execution = "thread"\n')
     return root
 
 

@@ -200,6 +200,9 @@ def _grpc() -> dict[str, bytes]:
     params = msg([("A", "UINT16", [2])], [b"\1\0\2\0"], id="r")
     params.parameters["timeout"].int64_param = 5000
     params.outputs.add(name="OUTPUT0").parameters["binary_data"].bool_param = True
+    shm_huge = msg([("INPUT0", "BYTES", [2**62, 4])])
+    shm_huge.inputs[0].parameters["shared_memory_region"].string_param = "r0"
+    shm_huge.inputs[0].parameters["shared_memory_byte_size"].int64_param = 8
     return {
         "seed-raw-fp32": msg([("INPUT0", "FP32", [1, 2])], [struct.pack("<2f", 1.0, 2.0)]).SerializeToString(deterministic=True),
         "seed-raw-bytes": msg([("INPUT0", "BYTES", [2])], [_bytes_elems(b"ab", b"")]).SerializeToString(deterministic=True),
@@ -211,6 +214,8 @@ def _grpc() -> dict[str, bytes]:
         "bug5-empty-shape-huge-dims-typed": msg([("INPUT0", "FP32", [0, 2**62, 2**62])]).SerializeToString(deterministic=True),
         "bug5-bytes-shape-2p62x4": msg([("INPUT0", "BYTES", [2**62, 4])], [_bytes_elems(b"a")]).SerializeToString(deterministic=True),
         "bug5-65-dims": msg([("INPUT0", "FP32", [1] * 65)], [b"\0" * 4]).SerializeToString(deterministic=True),
+        # found by this harness: a BYTES input in shared memory whose count passes 2**63 (OverflowError)
+        "fuzz-bytes-shm-count-past-ssize": shm_huge.SerializeToString(deterministic=True),
     }
 
 

@@ -28,7 +28,8 @@ REPRODUCERS = {
                   "bug1-empty-shape-huge-dims-binary", "bug1-65-dims-binary", "bug1-65-dims-json-numbers",
                   "bug1-bytes-nested-1000-deep-json", "bug6-uneven-nesting-numbers", "bug6-uneven-nesting-bytes",
                   "bug6-duplicate-outputs", "bug6-data-and-binary-data-size", "fuzz-bytes-data-not-an-array"],
-    "grpc_request": ["bug5-empty-shape-huge-dims-raw", "bug5-bytes-shape-2p62x4", "bug5-65-dims"],
+    "grpc_request": ["bug5-empty-shape-huge-dims-raw", "bug5-bytes-shape-2p62x4", "bug5-65-dims",
+                     "fuzz-bytes-shm-count-past-ssize"],
     "http_wire": ["bug1-decode-triggers-pipelined", "bug6-lenient-bodies-pipelined", "bug6-empty-version-segment",
                   "bug6-head-431-never-ends", "bug6-head-431-complete"],
 }
