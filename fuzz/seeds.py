@@ -171,6 +171,11 @@ def _wire() -> dict[str, bytes]:
         # not buffered (http_wire feeds it in chunks), and a complete one past the limit too
         "bug6-head-431-never-ends": b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000,
         "bug6-head-431-complete": _req("GET", "/v2/health/live", headers="X-Big: " + "a" * 2000 + "\r\n"),
+        # found by this harness: the error for a body that does not decompress carried its body even
+        # to a HEAD, so the next response was read from the middle of it
+        "fuzz-head-with-undecodable-body": _req("HEAD", "/v2/models/add_sub/infer", b"x\x9c not deflate",
+                                                "Content-Encoding: deflate\r\n")
+        + _req("HEAD", "/v2", b"x", "Content-Encoding: br\r\n") + _req("GET", "/v2/health/live"),
     }
 
 

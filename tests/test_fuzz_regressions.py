@@ -31,7 +31,7 @@ REPRODUCERS = {
     "grpc_request": ["bug5-empty-shape-huge-dims-raw", "bug5-bytes-shape-2p62x4", "bug5-65-dims",
                      "fuzz-bytes-shm-count-past-ssize"],
     "http_wire": ["bug1-decode-triggers-pipelined", "bug6-lenient-bodies-pipelined", "bug6-empty-version-segment",
-                  "bug6-head-431-never-ends", "bug6-head-431-complete"],
+                  "bug6-head-431-never-ends", "bug6-head-431-complete", "fuzz-head-with-undecodable-body"],
 }
 
 
