@@ -149,6 +149,10 @@ def _wire() -> dict[str, bytes]:
         + _infer("add_sub", GOOD_BODY, headers="Content-Encoding: br\r\n"),
         "seed-expect-continue": _infer("add_sub", GOOD_BODY) + _infer("add_sub", GOOD_BODY, headers="Expect: 100-continue\r\n"),
         "seed-http10-close": b"GET /v2/health/live HTTP/1.0\r\n\r\n" + _req("GET", "/v2"),
+        # an HTTP/1.0 request answered by the thread pool after a 400 for what followed it was parked
+        "seed-close-with-a-parked-answer": _infer("static", _json({"inputs": [_t("INPUT0", "FP32", [2, 3], data=[1] * 6)]}))
+        + _infer("rowsum", _json({"inputs": [_t("INPUT0", "FP32", [2, 3], data=[1] * 6)]})).replace(b"HTTP/1.1", b"HTTP/1.0")
+        + b"garbage\r\n\r\n",
         "seed-connection-close": _req("GET", "/v2", headers="Connection: close\r\n") + _infer("add_sub", GOOD_BODY),
         "seed-repository": _req("POST", "/v2/repository/index", b'{"ready":true}')
         + _req("POST", "/v2/repository/models/mlp/unload") + _req("POST", "/v2/repository/models/../load"),
