@@ -207,3 +207,31 @@ def test_parameter_kinds() -> None:
         "s": "string_param", "o": "string_param"}
     assert params_from_pb(m) == {"t": True, "big": 1 << 63, "neg": -1, "d": 1.5, "s": "x", "o": "[1]"}
     assert params_from_pb(pb.ModelInferRequest().parameters) is None
+
+
+def test_bytes_input_in_shared_memory_with_a_count_past_ssize_is_invalid(tmp_path) -> None:
+    """Found by the fuzz harness (fuzz/corpus/grpc_request/fuzz-bytes-shm-count-past-ssize): a BYTES
+    input read from shared memory, whose shape multiplies past 2**63, reached the BYTES kernel
+    and raised OverflowError (a 500) instead of INVALID_ARGUMENT."""
+    import os
+
+    from gateway.shm import SharedMemoryRegistry
+
+    name = f"gateway-test-{os.getpid()}"
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(bytes(64))
+    shm = SharedMemoryRegistry()
+    try:
+        shm.register("r0", "/" + name, 0, 64)
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    msg = pb.ModelInferRequest(model_name="m")
+    t = msg.inputs.add(name="IN", datatype="BYTES", shape=[2**62, 4])
+    t.parameters["shared_memory_region"].string_param = "r0"
+    t.parameters["shared_memory_byte_size"].int64_param = 8
+    with pytest.raises(GatewayError) as info:
+        decode_infer_request(msg, shm=shm)
+    assert info.value.code is Code.INVALID_ARGUMENT and "'IN'" in info.value.message
+    t.shape[:] = [2]  # the same region and size with a shape that fits: two empty elements
+    assert decode_infer_request(msg, shm=shm).inputs["IN"].tolist() == [b"", b""]
+    shm.close()

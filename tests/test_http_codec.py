@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import random_array
@@ -68,3 +69,15 @@ def test_any_body_decodes_or_raises_gateway_error(inputs, tail, binary, outputs)
         decode_infer(body, hlen, "m", "")
     except GatewayError as err:
         assert err.code is Code.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(("datatype", "shape", "data"), [("BYTES", [], "a"), ("BYTES", [1], "a"), ("FP32", [], 1.5)])
+def test_data_must_be_an_array_whatever_the_shape(datatype: str, shape: list[int], data: object) -> None:
+    """Found by the fuzz harness (fuzz/corpus/http_body/fuzz-bytes-data-not-an-array): a bare
+    string as BYTES data was taken for a one-element tensor, where a bare number is refused."""
+    body = orjson.dumps({"inputs": [{"name": "X", "datatype": datatype, "shape": shape, "data": data}]})
+    with pytest.raises(GatewayError, match="data must be a JSON array") as info:
+        decode_infer(body, -1, "m", "")
+    assert info.value.code is Code.INVALID_ARGUMENT
+    ok = orjson.dumps({"inputs": [{"name": "X", "datatype": datatype, "shape": shape, "data": [data]}]})
+    assert decode_infer(ok, -1, "m", "").inputs["X"].shape == tuple(shape)

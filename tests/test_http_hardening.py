@@ -462,6 +462,20 @@ def test_head_gets_the_get_headers_and_no_body(hard_server: ServerThread) -> Non
         assert read_response(f)[0] == 200  # the stream is still in step
 
 
+@pytest.mark.parametrize("coding", ["deflate", "gzip", "br"])
+def test_head_whose_body_cannot_be_decoded_gets_no_body(hard_server: ServerThread, coding: str) -> None:
+    """Found by the fuzz harness (fuzz/corpus/http_wire/fuzz-head-with-undecodable-body): the 400
+    (or 415) for a body that would not decompress went out with its body even to a HEAD, and
+    the client read that body as the next response."""
+    with socket.create_connection(("127.0.0.1", hard_server.http_port), timeout=10) as s:
+        f = s.makefile("rb")
+        s.sendall(request("HEAD", "/v2/models/add_sub", b"x\x9c not deflate", f"Content-Encoding: {coding}\r\n")
+                  + request("GET", "/v2/health/live"))
+        status, hdrs, _ = read_response(f, head=True)
+        assert status == (415 if coding == "br" else 400) and int(hdrs["content-length"]) > 0
+        assert read_response(f)[0] == 200  # the stream is still in step
+
+
 def test_100_continue_waits_for_earlier_answers(hard_server: ServerThread) -> None:
     body = GOOD.encode()
     with socket.create_connection(("127.0.0.1", hard_server.http_port), timeout=10) as s:

@@ -3,36 +3,14 @@ format (4-byte little-endian length, then the bytes), including truncation and c
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from native_refs import ref_decode, ref_encode
 
 SETTINGS = settings(max_examples=100, deadline=None)
-
-
-def ref_encode(arr) -> bytes:
-    out = bytearray()
-    for x in np.asarray(arr, dtype=object).flat if not isinstance(arr, np.ndarray) else arr.flat:
-        b = x if isinstance(x, bytes) else x.encode() if isinstance(x, str) else str(x).encode()
-        out += struct.pack("<I", len(b)) + b
-    return bytes(out)
-
-
-def ref_decode(buf: bytes) -> list[bytes]:
-    out, off = [], 0
-    while off < len(buf):
-        if off + 4 > len(buf):
-            raise ValueError(f"BYTES element {len(out)} is truncated")
-        (n,) = struct.unpack_from("<I", buf, off)
-        if off + 4 + n > len(buf):
-            raise ValueError(f"BYTES element {len(out)} is truncated")
-        out.append(buf[off + 4:off + 4 + n])
-        off += 4 + n
-    return out
 
 
 def object_array(items: list, shape: tuple[int, ...] | None = None) -> np.ndarray:

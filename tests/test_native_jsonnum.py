@@ -12,60 +12,11 @@ import pytest
 from gateway._native.jsonnum import list_to_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from native_refs import FLOAT_TYPES, INT_TYPES, int_range, ref_list_to_array
 
 from gateway.types import DATATYPE_TO_NUMPY
 
 SETTINGS = settings(max_examples=100, deadline=None)
-INT_TYPES = ["INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
-FLOAT_TYPES = ["FP16", "FP32", "FP64"]
-
-
-def int_range(datatype: str) -> tuple[int, int]:
-    info = np.iinfo(DATATYPE_TO_NUMPY[datatype])
-    return int(info.min), int(info.max)
-
-
-def ref_list_to_array(data, datatype: str, expected: int = -1) -> np.ndarray:
-    """The documented semantics, written plainly."""
-    if not isinstance(data, list):
-        raise ValueError("not a list")
-    flat: list = []
-
-    def shape_of(x: list, depth: int) -> list[int]:
-        """The shape of an evenly nested list; ValueError for uneven nesting."""
-        if depth > 64:
-            raise ValueError("deeper than 64")
-        if not all(isinstance(e, list) for e in x):
-            if any(isinstance(e, list) for e in x):
-                raise ValueError("nests unevenly")
-            flat.extend(x)
-            return [len(x)]
-        subs = [shape_of(e, depth + 1) for e in x]
-        if any(s != subs[0] for s in subs):
-            raise ValueError("nests unevenly")
-        return [len(x), *(subs[0] if subs else [])]
-
-    shape_of(data, 1)
-    if expected >= 0 and len(flat) != expected:
-        raise ValueError(f"data has {len(flat)} elements but shape implies {expected}")
-    dtype = DATATYPE_TO_NUMPY[datatype]
-    for i, e in enumerate(flat):
-        is_int = isinstance(e, int) and not isinstance(e, bool)
-        if datatype == "BOOL":
-            if not (isinstance(e, bool) or (is_int and e in (0, 1))):
-                raise ValueError(f"element {i}")
-        elif datatype in INT_TYPES:
-            if not is_int:
-                raise ValueError(f"element {i}")
-            lo, hi = int_range(datatype)
-            if not lo <= e <= hi:
-                raise OverflowError(f"element {i}")
-        elif not (is_int or isinstance(e, float)):
-            raise ValueError(f"element {i}")
-    if datatype == "BOOL":
-        return np.array([bool(e) for e in flat], dtype=np.bool_)
-    with np.errstate(over="ignore"):
-        return np.array([float(e) if datatype in FLOAT_TYPES else e for e in flat], dtype=dtype)
 
 
 def leaves_for(datatype: str) -> st.SearchStrategy:

@@ -7,7 +7,8 @@ and nothing here allocates per element except BYTES tensors, whose elements are 
 the same kernel the HTTP binary extension uses).
 
 Malformed tensors are refused here, before the core sees them, with INVALID_ARGUMENT naming
-the input: an unknown datatype, a negative dimension, raw contents whose size does not match
+the input: an unknown datatype, a negative dimension, a shape no array can have (more than 64
+dimensions, or dimensions that multiply past 2**59), raw contents whose size does not match
 shape x itemsize, a count of ``raw_input_contents`` that does not match the inputs, both raw
 and typed contents, typed contents of the wrong length. Whether names, shapes and datatypes
 fit the model is the core's check (``DataPlane.submit``).
@@ -128,8 +129,9 @@ def decode_infer_request(msg: Message, deadline_us: int = 0,
         if len(shape) > MAX_DIMS:
             raise invalid(f"input '{name}': shape has {len(shape)} dimensions, more than {MAX_DIMS}")
         count = math.prod(shape)
-        if count == 0 and math.prod(d for d in shape if d) > MAX_ELEMENTS:
-            # an empty tensor whose other dimensions no array can have (numpy refuses the shape)
+        if (count or math.prod(d for d in shape if d)) > MAX_ELEMENTS:
+            # no array has these dimensions, even an empty one (numpy refuses the shape), and a
+            # count past 2**63 fits no kernel's size (a BYTES input in shared memory reached one)
             raise invalid(f"input '{name}': shape {list(shape)} is too large")
         if maybe_shm and SHM_REGION in t.parameters:
             if t.HasField("contents"):

@@ -474,10 +474,7 @@ class HttpProtocol(asyncio.Protocol):
         route = req = None
         try:
             if self._content_encoding is not None:  # only requests that sent one pay for decoding
-                decoded = self._decode_body(seq, body, keep_alive)
-                if decoded is None:
-                    return
-                body = decoded
+                body = self._decode_body(body)
             if method == b"POST":
                 route = self.front.infer_routes.get(url) or self.front.infer_route(url)
                 if route is not None:
@@ -490,6 +487,9 @@ class HttpProtocol(asyncio.Protocol):
                         self._pause_reading()
                     return
             data = self._handle_other(seq, method, url, body, keep_alive)
+        except UnsupportedEncoding as exc:
+            data = build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
+                                  extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
         except GatewayError as err:
             if route is not None and req is None:  # not decoded (submit counts its own rejections)
                 self._dataplane.record_rejected(route[0], route[1], err.code)
@@ -503,19 +503,12 @@ class HttpProtocol(asyncio.Protocol):
                 data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
 
-    def _decode_body(self, seq: int, body: bytes, keep_alive: bool) -> bytes | None:
-        """The body without its Content-Encoding, or None when the error is already answered."""
+    def _decode_body(self, body: bytes) -> bytes:
+        """The body without its Content-Encoding. Raises GatewayError (400, 413) or
+        UnsupportedEncoding (415), answered like any other error (so a HEAD's answer has no body)."""
         encoding = self._content_encoding
         self._content_encoding = None
-        try:
-            return decode_body(body, encoding, self._max_body)  # type: ignore[arg-type]
-        except GatewayError as err:
-            data = error_response(err, not keep_alive)
-        except UnsupportedEncoding as exc:
-            data = build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
-                                  extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
-        self._write_in_order(seq, data, not keep_alive)
-        return None
+        return decode_body(body, encoding, self._max_body)  # type: ignore[arg-type]
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         t = self.transport

@@ -160,7 +160,10 @@ def _bytes_from_json(name: str, data: Any, count: int) -> np.ndarray:
 def _regular_leaves(name: str, data: Any) -> list[str]:
     """The strings of BYTES ``data``: flat, or nested as a regular array (every list at one depth
     as long as the others, strings only at the deepest), at most ``MAX_NEST_DEPTH`` deep. Walked
-    level by level, not recursively: a deep nest is the client's error, not a RecursionError."""
+    level by level, not recursively: a deep nest is the client's error, not a RecursionError.
+    A bare string is not an array, whatever the shape (as for numbers: ``list_to_array``)."""
+    if type(data) is not list:
+        raise invalid(f"input '{name}': data must be a JSON array, got {type(data).__name__}")
     dims: list[int] = []  # the shape the first element at each depth implies
     x = data
     while type(x) is list:
