@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -28,6 +30,27 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
         except OSError:
             time.sleep(0.2)
     raise AssertionError("server did not become ready")
+
+
+@contextlib.contextmanager
+def demo_process(*flags: str, **env: str) -> Iterator[tuple[subprocess.Popen, int, int]]:
+    """`gateway serve --demo` on free ports as a real process, ready; stopped with SIGINT (no drain)
+    and killed if it does not exit. Yields (process, HTTP port, gRPC port)."""
+    http_port, grpc_port = free_port(), free_port()
+    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
+                             "--grpc-port", str(grpc_port), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_ready(http_port, proc)
+        yield proc, http_port, grpc_port
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_serve_demo_then_sigterm_drains_and_exits_zero() -> None:

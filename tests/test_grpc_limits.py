@@ -9,15 +9,11 @@ used to keep ~2 copies of each 60 MiB message alive: 20 of them took RSS past 2.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 
 import grpc
 import numpy as np
 import pytest
-from test_cli import free_port, wait_ready
+from test_cli import demo_process
 
 from gateway.front.grpc_server import ByteBudget, start_grpc_front
 from gateway.pb import Stub
@@ -37,13 +33,7 @@ def rss_mib(pid: int) -> float:
 
 
 def test_rss_stays_bounded_after_a_burst_of_rejected_60mib_messages() -> None:
-    http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
-                             "--grpc-port", str(grpc_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_ready(http_port, proc)
+    with demo_process() as (proc, _, grpc_port):
         baseline = rss_mib(proc.pid)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}",
                                    options=[("grpc.max_send_message_length", -1)]) as ch:
@@ -64,14 +54,7 @@ def test_rss_stays_bounded_after_a_burst_of_rejected_60mib_messages() -> None:
             ok.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
             ok.raw_input_contents.append(np.ones(64, np.float32).tobytes())
             assert len(stub.ModelInfer(ok, timeout=10).raw_output_contents[0]) == 40
-        assert after - baseline < 400, f"RSS {baseline:.0f} -> {after:.0f} MiB after 20 rejected 60 MiB messages"
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    assert after - baseline < 400, f"RSS {baseline:.0f} -> {after:.0f} MiB after 20 rejected 60 MiB messages"
 
 
 class HoldingDataPlane:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_cli import free_port, wait_ready
+from test_cli import demo_process, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -104,22 +104,9 @@ def shorter(cmd: str, http: int) -> str:
 
 @pytest.fixture(scope="module")
 def demo_server() -> Iterator[tuple[int, int]]:
-    http_port, grpc_port = free_port(), free_port()
-    env = {**os.environ, "GATEWAY_LOG_LEVEL": "WARNING", "GATEWAY_DRAIN_S": "0"}
     # --allow-client-shm: the shared-memory snippet says to start the server with it
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--demo", "--http-port", str(http_port),
-                             "--grpc-port", str(grpc_port), "--allow-client-shm"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        wait_ready(http_port, proc)
+    with demo_process("--allow-client-shm") as (_, http_port, grpc_port):
         yield http_port, grpc_port
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def run_shell(script: str, cwd: Path, where: str, timeout: float = 300) -> str:

@@ -19,7 +19,9 @@ Wire compatibility with Triton's clients comes from ``proto/`` (see tests/test_g
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -63,6 +65,22 @@ def deadline_us(context: grpc.aio.ServicerContext) -> int:
     return max(1, int(remaining * 1_000_000))
 
 
+def aborts_on_error(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """A ``GatewayError`` from the RPC becomes the call's gRPC status. The abort happens outside
+    the ``except`` block: inside it, the error's traceback (frames holding the request) would be
+    chained to grpc's AbortError, a cycle only the collector frees (see ModelInfer)."""
+
+    @functools.wraps(method)
+    async def rpc(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await method(self, request, context)
+        except GatewayError as exc:
+            status, message = _STATUS[exc.code], exc.message
+        await context.abort(status, message)
+
+    return rpc
+
+
 class InferenceServicer:
     """One method per RPC; each is a thin adapter: decode, call the data plane, encode."""
 
@@ -83,26 +101,17 @@ class InferenceServicer:
     async def ServerMetadata(self, request: Any, context: Any) -> Message:
         return server_metadata_to_pb(self._dp.server_metadata())
 
+    @aborts_on_error
     async def ModelMetadata(self, request: Any, context: Any) -> Message:
-        try:
-            return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise  # unreachable: abort raises
+        return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
 
+    @aborts_on_error
     async def ModelConfig(self, request: Any, context: Any) -> Message:
-        try:
-            return model_config_to_pb(self._dp.model_config(request.name, request.version))
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        return model_config_to_pb(self._dp.model_config(request.name, request.version))
 
+    @aborts_on_error
     async def ModelStatistics(self, request: Any, context: Any) -> Message:
-        try:
-            return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
 
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: Message, context: Any) -> Message:
@@ -137,32 +146,23 @@ class InferenceServicer:
         await serve_stream(self._dp, request_iterator, context, self._budget)
 
     # ---- repository ------------------------------------------------------------------------
+    @aborts_on_error
     async def RepositoryIndex(self, request: Any, context: Any) -> Message:
-        try:
-            _check_repository(request.repository_name)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        _check_repository(request.repository_name)
         return repository_index_to_pb(self._dp.repository_index(request.ready))
 
+    @aborts_on_error
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Message:
-        try:
-            _check_repository(request.repository_name)
-            params = {k: getattr(v, v.WhichOneof("parameter_choice") or "string_param")
-                      for k, v in request.parameters.items()}  # config: string_param; file:...: bytes_param
-            await self._dp.load_model(request.model_name, parameters=params)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        _check_repository(request.repository_name)
+        params = {k: getattr(v, v.WhichOneof("parameter_choice") or "string_param")
+                  for k, v in request.parameters.items()}  # config: string_param; file:...: bytes_param
+        await self._dp.load_model(request.model_name, parameters=params)
         return pb.RepositoryModelLoadResponse()
 
+    @aborts_on_error
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Message:
-        try:
-            _check_repository(request.repository_name)
-            await self._dp.unload_model(request.model_name)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        _check_repository(request.repository_name)
+        await self._dp.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # ---- shared memory (gateway.shm) -------------------------------------------------------
@@ -171,26 +171,20 @@ class InferenceServicer:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "shared memory is not served here")
         return self._dp.shm  # type: ignore[return-value]
 
+    @aborts_on_error
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
-        try:
-            regions = shm.status(request.name)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        regions = shm.status(request.name)
         resp = pb.SystemSharedMemoryStatusResponse()
         for r in regions:
             s = resp.regions[r["name"]]
             s.name, s.key, s.offset, s.byte_size = r["name"], r["key"], r["offset"], r["byte_size"]
         return resp
 
+    @aborts_on_error
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
-        try:
-            shm.register(request.name, request.key, request.offset, request.byte_size)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        shm.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Message:
@@ -201,22 +195,16 @@ class InferenceServicer:
             shm.unregister_all()
         return pb.SystemSharedMemoryUnregisterResponse()
 
+    @aborts_on_error
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
-        try:
-            shm.cuda_status(request.name)  # never any region
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        shm.cuda_status(request.name)  # never any region
         return pb.CudaSharedMemoryStatusResponse()
 
+    @aborts_on_error
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
-        try:
-            shm.cuda_register(request.name)
-        except GatewayError as exc:
-            await context.abort(_STATUS[exc.code], exc.message)
-            raise
+        shm.cuda_register(request.name)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Message:
         shm = await self._shm(context)
