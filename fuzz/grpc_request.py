@@ -1,4 +1,4 @@
-"""Target ``grpc_request``: ``gateway.front.grpc_codec.decode_infer_request`` on a serialized
+"""Target ``grpc_request``: ``gateway.front.grpc.codec.decode_infer_request`` on a serialized
 ``ModelInferRequest`` (bytes that protobuf cannot parse are skipped: grpc never hands those over).
 
 Contract: the message decodes, or ``GatewayError`` with INVALID_ARGUMENT / NOT_FOUND is raised;
@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError
 
 from fuzz._common import expect_client_error, ref_decode, shm_registry
 from gateway.errors import GatewayError
-from gateway.front.grpc_codec import CONTENTS_FIELD, decode_infer_request
+from gateway.front.grpc.codec import CONTENTS_FIELD, decode_infer_request
 from gateway.pb import service as pb
 from gateway.shm import REGION
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest

@@ -17,7 +17,7 @@ from gateway._native.bytestensor import encode_bytes_tensor
 
 from fuzz.grpc_request import check_message
 from fuzz.provider import Provider
-from gateway.front.grpc_codec import CONTENTS_FIELD
+from gateway.front.grpc.codec import CONTENTS_FIELD
 from gateway.pb import service as pb
 from gateway.types import DATATYPE_TO_NUMPY
 

@@ -1,4 +1,4 @@
-"""Target ``http_body``: ``gateway.front.http_codec.decode_infer`` on raw bodies.
+"""Target ``http_body``: ``gateway.front.http.codec.decode_infer`` on raw bodies.
 
 Input: the body, JSON only; or ``<N>\\n<body>``, where N is the ``Inference-Header-Content-Length``
 (the binary extension). Contract: the body decodes, or ``GatewayError`` with INVALID_ARGUMENT /
@@ -19,7 +19,7 @@ import orjson
 
 from fuzz._common import expect_client_error, ref_decode, ref_flatten, ref_list_to_array, shm_registry
 from gateway.errors import GatewayError
-from gateway.front.http_codec import decode_infer
+from gateway.front.http.codec import decode_infer
 from gateway.shm import REGION
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 

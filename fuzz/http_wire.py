@@ -36,10 +36,10 @@ import orjson
 from fuzz._common import test_models
 from gateway.dataplane import DataPlane
 from gateway.demo import add_sub_model, mlp_model
-from gateway.front.http import _HEAD, HttpFront, HttpProtocol
-from gateway.metrics import make_metrics_registry
-from gateway.registry import ModelRegistry
-from gateway.route import Router
+from gateway.front.http.server import _HEAD, HttpFront, HttpProtocol
+from gateway.observe.metrics import make_metrics_registry
+from gateway.pipeline.route import Router
+from gateway.repository.registry import ModelRegistry
 from gateway.settings import ServerSettings
 
 ALLOWED = frozenset((200, 400, 404, 405, 408, 413, 415, 429, 431, 501, 503, 504))

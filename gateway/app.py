@@ -6,7 +6,7 @@ shutdown (SIGTERM: not-ready for ``drain_s`` while still serving, then stop acce
 in-flight requests, exit 0; SIGINT skips the drain).
 
 ``--workers N`` runs N such processes on the same ports. They share nothing but a private
-directory of statistics snapshots (``gateway.workers``), so that every scrape shows the sum over
+directory of statistics snapshots (``gateway.observe.workers``), so that every scrape shows the sum over
 all of them; repository load/unload is refused there, since it would reach one worker only.
 """
 
@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.dataplane import DataPlane
-from gateway.front.http import HttpFront
+from gateway.front.http.access import AccessLoggedProtocol
+from gateway.front.http.server import HttpFront, HttpProtocol
 from gateway.logs import configure_logging
-from gateway.metrics import make_metrics_registry
-from gateway.registry import ModelRegistry
-from gateway.route import Router
+from gateway.observe.metrics import make_metrics_registry
+from gateway.observe.workers import REPOSITORY_LOCKED, WorkerStats
+from gateway.pipeline.route import Router
+from gateway.repository.registry import ModelRegistry
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry
-from gateway.workers import REPOSITORY_LOCKED, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,9 @@ class App:
                                             self.dataplane.export)
             self.dataplane.peers = self.worker_stats.peers
         self.metrics = make_metrics_registry(self.dataplane)
-        self.http = HttpFront(self.dataplane, settings, self.metrics)
+        # a subclass that logs each request: without it the protocol has no check to make
+        self.http = HttpFront(self.dataplane, settings, self.metrics,
+                              AccessLoggedProtocol if settings.access_log else HttpProtocol)
         self.grpc: Any = None
 
     @property
@@ -85,7 +88,7 @@ class App:
         await self.registry.load_all()
         await self.http.start()
         if self.settings.grpc_port >= 0:
-            from gateway.front.grpc_server import start_grpc_front
+            from gateway.front.grpc.server import start_grpc_front
 
             self.grpc = await start_grpc_front(self.dataplane, self.settings)
         if self.worker_stats is not None:

@@ -16,7 +16,7 @@ no loaded version is counted server-wide (``unresolved``), under the model's nam
 is known to the repository and under "" otherwise (client-chosen names never become labels).
 
 Statistics (``version_totals``, ``unresolved_totals``) are this process's, plus, with
-``--workers N``, the latest snapshots of the other workers (``peers``; see ``gateway.workers``).
+``--workers N``, the latest snapshots of the other workers (``peers``; see ``gateway.observe.workers``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway import __version__
-from gateway.batcher import SplitGroup, Ticket
 from gateway.errors import Code, GatewayError, not_found
-from gateway.registry import ModelRegistry, ModelVersion
-from gateway.route import Router
+from gateway.observe.stats import Totals
+from gateway.pipeline.batcher import SplitGroup, Ticket
+from gateway.pipeline.route import Router
+from gateway.repository.registry import ModelRegistry, ModelVersion
 from gateway.shm import SharedMemoryRegistry
-from gateway.stats import Totals
 from gateway.types import InferRequest, InferResponse
 
 DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from gateway.dataplane import DataPlane
-from gateway.registry import ModelRegistry
-from gateway.route import Router
+from gateway.pipeline.route import Router
+from gateway.repository.registry import ModelRegistry
 from gateway.types import InferRequest
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.batch_queue import INF, BatchQueue, Pending
+from gateway.pipeline.batch_queue import INF, BatchQueue, Pending
 
 
 def item(rows: int, t: float, deadline: float = INF, bucket: tuple = ()) -> Pending:

@@ -12,12 +12,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from gateway.batcher import Batcher
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
-from gateway.stats import ModelStats
+from gateway.observe.stats import ModelStats
+from gateway.pipeline.batcher import Batcher
+from gateway.pipeline.validate import Signature
 from gateway.types import InferRequest, TensorSpec
-from gateway.validate import Signature
 
 
 class FakeClock:

@@ -63,7 +63,7 @@ def test_committed_corpus_is_what_seeds_py_writes() -> None:
 
 # ---- the guard works: put a fixed bug back, and its reproducer fails ----------------------------
 def test_replay_fails_when_shapes_are_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.front.http_codec as http_codec
+    import gateway.front.http.codec as http_codec
 
     monkeypatch.setattr(http_codec, "check_shape", lambda name, shape: math.prod(shape))  # the old, naive count
     with pytest.raises(ValueError):  # numpy's, escaping the decoder: bug 1
@@ -73,7 +73,7 @@ def test_replay_fails_when_shapes_are_not_checked_again(monkeypatch: pytest.Monk
 
 
 def test_replay_fails_when_uneven_nesting_is_accepted_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.front.http_codec as http_codec
+    import gateway.front.http.codec as http_codec
 
     def lenient(name: str, data: object) -> list:
         flat: list = []
@@ -92,7 +92,7 @@ def test_replay_fails_when_uneven_nesting_is_accepted_again(monkeypatch: pytest.
 
 
 def test_replay_fails_when_the_grpc_empty_shape_check_goes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.front.grpc_codec as grpc_codec
+    import gateway.front.grpc.codec as grpc_codec
 
     monkeypatch.setattr(grpc_codec, "MAX_ELEMENTS", 2**200)
     with pytest.raises(ValueError):  # bug 5

@@ -13,7 +13,7 @@ from models import random_array
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from gateway.errors import Code, GatewayError
-from gateway.front.grpc_codec import (
+from gateway.front.grpc.codec import (
     CONTENTS_FIELD,
     decode_infer_request,
     encode_infer_response,

@@ -17,7 +17,7 @@ from models import random_array, reference
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from gateway.front.grpc_codec import CONTENTS_FIELD
+from gateway.front.grpc.codec import CONTENTS_FIELD
 from gateway.testing import ServerThread
 from gateway.types import DATATYPE_TO_NUMPY
 

@@ -20,7 +20,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo import add_sub_model, mlp_model
-from gateway.front.grpc_server import server_options
+from gateway.front.grpc.server import server_options
 from gateway.settings import ServerSettings
 from gateway.testing import ServerThread
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_cli import demo_process
 
-from gateway.front.grpc_server import ByteBudget, start_grpc_front
+from gateway.front.grpc.server import ByteBudget, start_grpc_front
 from gateway.pb import Stub
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from models import random_array
 
 from gateway.errors import Code, GatewayError
-from gateway.front.http_codec import decode_infer, encode_infer
+from gateway.front.http.codec import decode_infer, encode_infer
 from gateway.types import InferResponse
 
 NUMERIC = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"]

@@ -25,7 +25,7 @@ import pytest
 from models import build_test_repository, mlp_model, write_model
 from test_http_errors import GOOD, get, post, still_serving
 
-import gateway.front.http as http_front
+import gateway.front.http.server as http_front
 from gateway.testing import ServerThread
 
 LOOPS = ["asyncio", "uvloop"]  # as tests/conftest.py (importing it is ambiguous with tests/loadtest/conftest.py)
@@ -168,7 +168,7 @@ def test_unexpected_decode_error_is_500_logged_once_and_the_pipeline_goes_on(
         return real(body, header_length, model, version, *rest)
 
     monkeypatch.setattr(http_front, "decode_infer", decode)
-    caplog.set_level(logging.ERROR, logger="gateway.front.http")
+    caplog.set_level(logging.ERROR, logger="gateway.front.http.server")
     with ServerThread(repository=hard_repo, loop=loop_name, grpc_port=-1) as srv, \
             socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) as s:
         boom = json.dumps({"id": "boom", "inputs": json.loads(GOOD)["inputs"]})
@@ -181,7 +181,7 @@ def test_unexpected_decode_error_is_500_logged_once_and_the_pipeline_goes_on(
         assert status == 200 and json.loads(body)["outputs"][0]["data"] == [3.0] * 16
         assert read_response(f)[0] == 200
         assert owed(srv) == []
-    errors = [r for r in caplog.records if r.name == "gateway.front.http" and r.levelno >= logging.ERROR]
+    errors = [r for r in caplog.records if r.name == "gateway.front.http.server" and r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info and errors[0].exc_info[0] is RuntimeError
 
 

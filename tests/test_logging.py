@@ -127,7 +127,7 @@ def exercise(srv: ServerThread, access: Collect | None = None) -> None:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_access_log_is_off_by_default(repo: Path, access: Collect, loop: str) -> None:
     with ServerThread(repository=repo, loop=loop) as srv:
-        from gateway.front.http import HttpProtocol
+        from gateway.front.http.server import HttpProtocol
 
         exercise(srv)
         assert all(type(c) is HttpProtocol for c in srv.app.http.connections)  # the plain protocol

@@ -29,7 +29,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo import add_sub_model
-from gateway.stats import Totals
+from gateway.observe.stats import Totals
 from gateway.testing import ServerThread
 
 NV_COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",

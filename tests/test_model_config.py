@@ -10,7 +10,7 @@ from models import mlp_model, static_model, write_model
 
 from gateway.errors import GatewayError
 from gateway.model_config import ConfigError, VersionPolicy, parse_config
-from gateway.registry import ModelRegistry
+from gateway.repository.registry import ModelRegistry
 
 
 @pytest.mark.parametrize("raw, field", [

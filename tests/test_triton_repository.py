@@ -319,7 +319,7 @@ def test_any_exception_while_loading_fails_only_that_model(tmp_path: Path, loop_
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Not only ConfigError/GatewayError: an unexpected exception (a bug) while loading one model
     leaves it UNAVAILABLE with the reason, and the server starts and serves the others."""
-    import gateway.registry as registry
+    import gateway.repository.registry as registry
 
     real = registry.read_config_file
 

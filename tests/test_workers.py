@@ -159,7 +159,7 @@ def test_every_scrape_sums_all_workers_and_repository_changes_are_refused(two_wo
 
 def test_peers_read_the_newest_snapshot_whatever_order_the_writes_finish(tmp_path: Path) -> None:
     """The final write at shutdown may race a periodic one still in its thread: the older loses."""
-    from gateway.workers import WorkerStats
+    from gateway.observe.workers import WorkerStats
 
     n = [0]
     w = WorkerStats(tmp_path, 0, 1.0, lambda: {"versions": [], "unresolved": [], "n": n[0]})

@@ -23,7 +23,7 @@ from typing import Any
 
 from gateway.dataplane import DataPlane
 from gateway.errors import GatewayError
-from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
+from gateway.front.grpc.codec import decode_infer_request, encode_infer_response
 from gateway.pb import Message
 from gateway.pb import service as pb
 from gateway.shm import write_outputs

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from gateway.dataplane import DataPlane
-from gateway.stats import STAGES, Totals
+from gateway.observe.stats import STAGES, Totals
 
 # Triton's failure reasons, from our neutral error codes: REJECTED is the scheduler turning a
 # request away (queue full, deadline passed while queued), BACKEND a failed model execution,

@@ -20,10 +20,10 @@ import orjson
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
+from gateway.pipeline.validate import MAX_NEST_DEPTH, check_shape
 from gateway.shm import REGION as SHM_REGION
 from gateway.shm import SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
-from gateway.validate import MAX_NEST_DEPTH, check_shape
 
 _loads = orjson.loads
 _dumps = orjson.dumps

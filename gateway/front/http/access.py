@@ -15,7 +15,7 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from gateway.front.http import HttpFront, HttpProtocol
+from gateway.front.http.server import HttpFront, HttpProtocol
 from gateway.logs import log_access
 from gateway.types import InferRequest
 

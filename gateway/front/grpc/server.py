@@ -28,15 +28,15 @@ import grpc
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, grpc_status_name
-from gateway.front.grpc_codec import decode_infer_request, encode_infer_response
-from gateway.front.grpc_meta import (
+from gateway.front.grpc.codec import decode_infer_request, encode_infer_response
+from gateway.front.grpc.meta import (
     model_config_to_pb,
     model_metadata_to_pb,
     model_statistics_to_pb,
     repository_index_to_pb,
     server_metadata_to_pb,
 )
-from gateway.front.grpc_stream import serve_stream
+from gateway.front.grpc.stream import serve_stream
 from gateway.pb import Message, add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
@@ -291,7 +291,7 @@ async def start_grpc_front(dataplane: DataPlane, settings: ServerSettings) -> Gr
     """Bind ``settings.host:settings.grpc_port`` (0: a free port) and start serving."""
     interceptors = None
     if settings.access_log:  # installed only when asked for: otherwise calls go through no interceptor
-        from gateway.front.grpc_access import AccessLogInterceptor
+        from gateway.front.grpc.access import AccessLogInterceptor
 
         interceptors = [AccessLogInterceptor()]
     server = grpc.aio.server(options=server_options(settings), interceptors=interceptors)

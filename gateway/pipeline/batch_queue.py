@@ -1,7 +1,7 @@
 """The batching state machine: which queued requests form the next batch, and when to look again.
 
 Sans-I/O: it is given the time (``now``) and returns decisions; the async driver in
-``gateway.batcher`` does the work. That keeps the timing rules testable with a fake clock.
+``gateway.pipeline.batcher`` does the work. That keeps the timing rules testable with a fake clock.
 
 Rules (rows are counted along the first dimension, as Triton does):
 - requests whose non-batch shapes differ go to separate buckets; the bucket with the oldest

@@ -28,14 +28,20 @@ from typing import Any
 from gateway.backends.base import Backend
 from gateway.backends.onnx import OnnxBackend, choose_providers
 from gateway.backends.reshape import ReshapingBackend
-from gateway.batcher import Batcher
 from gateway.errors import Code, GatewayError, not_found
-from gateway.model_config import ConfigError, ModelConfig, check_against_graph, parse_config, read_config_file
-from gateway.stats import ModelStats
-from gateway.triton_config import TritonConfig, check_io, read_override, read_pbtxt, triton_type
+from gateway.model_config import (
+    ConfigError,
+    ModelConfig,
+    check_against_graph,
+    parse_config,
+    read_config_file,
+)
+from gateway.observe.stats import ModelStats
+from gateway.pipeline.batcher import Batcher
+from gateway.pipeline.validate import Signature
+from gateway.repository.triton_config import TritonConfig, check_io, read_override, read_pbtxt, triton_type
+from gateway.repository.warmup import default_feeds, sample_feeds, tile_rows
 from gateway.types import TensorSpec
-from gateway.validate import Signature
-from gateway.warmup import default_feeds, sample_feeds, tile_rows
 
 log = logging.getLogger(__name__)
 

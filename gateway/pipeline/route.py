@@ -7,7 +7,7 @@ fronts and the batcher never change when they arrive.
 
 from __future__ import annotations
 
-from gateway.registry import ModelRegistry, ModelVersion
+from gateway.repository.registry import ModelRegistry, ModelVersion
 from gateway.types import InferRequest
 
 

@@ -30,8 +30,8 @@ from google.protobuf import json_format, text_format
 
 from gateway.model_config import ConfigError
 from gateway.pb import model_config as mc
+from gateway.repository.warmup import WarmupInput, WarmupSample
 from gateway.types import TensorSpec
-from gateway.warmup import WarmupInput, WarmupSample
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ import httptools
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, http_status
-from gateway.front.http_codec import decode_infer, dumps, encode_infer
-from gateway.front.http_compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
-from gateway.front.http_routes import route_get, route_post_admin, route_post_now
-from gateway.metrics import render_metrics
+from gateway.front.http.codec import decode_infer, dumps, encode_infer
+from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
+from gateway.front.http.routes import route_get, route_post_admin, route_post_now
+from gateway.observe.metrics import render_metrics
 from gateway.settings import ServerSettings
 from gateway.shm import write_outputs
 from gateway.types import InferResponse
@@ -144,7 +144,11 @@ class _Call:
 class HttpFront:
     """Owns the listening socket and the set of live connections."""
 
-    def __init__(self, dataplane: DataPlane, settings: ServerSettings, metrics_registry: Any) -> None:
+    def __init__(self, dataplane: DataPlane, settings: ServerSettings, metrics_registry: Any,
+                 protocol: type[HttpProtocol] | None = None) -> None:
+        """``protocol``: the connection class (``front.http.access.AccessLoggedProtocol`` logs
+        each request; the composition root picks it when ``access_log`` is on)."""
+        self.protocol = protocol or HttpProtocol
         self.dataplane = dataplane
         self.settings = settings
         self.metrics_registry = metrics_registry
@@ -162,9 +166,7 @@ class HttpFront:
 
     async def start(self, sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
-        protocol = HttpProtocol
-        if self.settings.access_log:  # a subclass that logs: without it the protocol has no check to make
-            from gateway.front.http_access import AccessLoggedProtocol as protocol
+        protocol = self.protocol
         if sock is not None:
             self.server = await loop.create_server(lambda: protocol(self), sock=sock, backlog=2048)
         else:

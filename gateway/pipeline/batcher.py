@@ -22,12 +22,12 @@ import numpy as np
 
 from gateway._native.pack import pack_rows, scatter_rows
 from gateway.backends.base import Backend, Outputs
-from gateway.batch_queue import INF, BatchQueue, Pending
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
-from gateway.stats import ModelStats
+from gateway.observe.stats import ModelStats
+from gateway.pipeline.batch_queue import INF, BatchQueue, Pending
+from gateway.pipeline.validate import Signature, bucket_key, check_request
 from gateway.types import InferRequest, InferResponse
-from gateway.validate import Signature, bucket_key, check_request
 
 log = logging.getLogger(__name__)
 

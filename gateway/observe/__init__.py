@@ -1,0 +1,1 @@
+"""Statistics and metrics: what the stages counted, read at scrape time."""

@@ -1,0 +1,1 @@
+"""The request path below decode: route, coalesce, admit, batch."""

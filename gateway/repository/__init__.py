@@ -1,0 +1,1 @@
+"""The model repository: discovery, configuration, load, warm-up, unload."""
