@@ -34,12 +34,10 @@ from urllib.parse import unquote
 import orjson
 
 from fuzz._common import test_models
-from gateway.dataplane import DataPlane
+from gateway.compose import build_pipeline
 from gateway.demo import add_sub_model, mlp_model
 from gateway.front.http.server import _HEAD, HttpFront, HttpProtocol
 from gateway.observe.metrics import make_metrics_registry
-from gateway.pipeline.route import Router
-from gateway.repository.registry import ModelRegistry
 from gateway.settings import ServerSettings
 
 ALLOWED = frozenset((200, 400, 404, 405, 408, 413, 415, 429, 431, 501, 503, 504))
@@ -128,10 +126,10 @@ class _Harness:
                                                                                    + repr(ctx.get("exception"))))
         self._tmp = tempfile.TemporaryDirectory(prefix="gateway-fuzz-")
         root = build_repository(Path(self._tmp.name))
-        self.registry = ModelRegistry(root)
+        pipeline = build_pipeline(root, repository_locked="model load/unload is off while fuzzing")
+        self.registry = pipeline.registry
         self.loop.run_until_complete(self.registry.load_all())
-        dp = DataPlane(self.registry, Router(self.registry), shm=None,
-                       repository_locked="model load/unload is off while fuzzing")
+        dp = pipeline.dataplane
         self.settings = ServerSettings(max_header_bytes=MAX_HEAD, max_body_bytes=MAX_BODY,
                                        max_pipelined_requests=PIPELINED)
         self.front = HttpFront(dp, self.settings, make_metrics_registry(dp))

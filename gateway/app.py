@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.dataplane import DataPlane
+from gateway.backends.onnx import OnnxFactory
+from gateway.compose import build_pipeline
 from gateway.front.http.access import AccessLoggedProtocol
 from gateway.front.http.server import HttpFront, HttpProtocol
 from gateway.logs import configure_logging
 from gateway.observe.metrics import make_metrics_registry
-from gateway.observe.workers import REPOSITORY_LOCKED, WorkerStats
-from gateway.pipeline.route import Router
-from gateway.repository.registry import ModelRegistry
+from gateway.observe.workers import REPOSITORY_LOCKED, TRAFFIC_LOCKED, WorkerStats
+from gateway.pipeline.traffic import TrafficSettings
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry
 
@@ -57,15 +57,21 @@ class App:
             self.repository = build_demo_repository(Path(self._tmp.name))
         else:
             self.repository = Path(settings.model_repository)
-        self.registry = ModelRegistry(self.repository, strict_readiness=settings.strict_readiness)
-        self.router = Router(self.registry)
         self.shm = SharedMemoryRegistry(settings.allow_client_shm, settings.max_shm_regions)
         self.worker_stats: WorkerStats | None = None
         locked = REPOSITORY_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
+        traffic_locked = TRAFFIC_LOCKED.format(n=settings.workers) if settings.workers > 1 else ""
         if settings.repository_control == "none":
             locked = "model load/unload is off on this server (repository_control = \"none\")"
-        self.dataplane = DataPlane(self.registry, self.router, server_name=settings.server_name, shm=self.shm,
-                                   repository_locked=locked)
+        pipeline = build_pipeline(
+            self.repository, backends=OnnxFactory(), strict_readiness=settings.strict_readiness,
+            server_name=settings.server_name, shm=self.shm, repository_locked=locked, traffic_locked=traffic_locked,
+            traffic=TrafficSettings(settings.traffic_tick_s, settings.shadow_max_outstanding,
+                                    settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s))
+        self.registry = pipeline.registry
+        self.router = pipeline.router
+        self.traffic = pipeline.traffic
+        self.dataplane = pipeline.dataplane
         if worker is not None:
             self.worker_stats = WorkerStats(worker.stats_dir, worker.index, settings.worker_stats_interval_s,
                                             self.dataplane.export)
@@ -86,6 +92,7 @@ class App:
 
     async def start(self) -> None:
         await self.registry.load_all()
+        self.traffic.start()
         await self.http.start()
         if self.settings.grpc_port >= 0:
             from gateway.front.grpc.server import start_grpc_front
@@ -102,6 +109,7 @@ class App:
             await self.http.stop(grace)
         if self.worker_stats is not None:
             self.worker_stats.stop()  # the final numbers, for peers still answering scrapes
+        self.traffic.stop()
         await self.registry.close()
         self.shm.close()
         if self._tmp is not None:

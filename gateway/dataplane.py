@@ -28,13 +28,14 @@ from typing import Any
 from gateway import __version__
 from gateway.errors import Code, GatewayError, not_found
 from gateway.observe.stats import Totals
-from gateway.pipeline.batcher import SplitGroup, Ticket
-from gateway.pipeline.route import Router
-from gateway.repository.registry import ModelRegistry, ModelVersion
+from gateway.pipeline.route import ModelRoute, Router
+from gateway.pipeline.target import Done, Ticket
+from gateway.pipeline.traffic import TrafficControl
+from gateway.repository.registry import ModelRegistry
 from gateway.shm import SharedMemoryRegistry
 from gateway.types import InferRequest, InferResponse
 
-DoneCallback = Callable[[InferResponse | None, GatewayError | None], None]
+DoneCallback = Done
 
 # Extensions served (trace and logging are answered UNIMPLEMENTED, so not listed). System shared
 # memory is listed when clients may register regions; CUDA shared memory never (its RPCs answer,
@@ -46,7 +47,8 @@ SHM_EXTENSION = "system_shared_memory"
 class DataPlane:
     """Facade over registry + router + batchers. Owns no I/O of its own."""
 
-    def __init__(self, registry: ModelRegistry, router: Router, server_name: str = "inference-gateway",
+    def __init__(self, registry: ModelRegistry, router: Router, traffic: TrafficControl,
+                 server_name: str = "inference-gateway",
                  shm: SharedMemoryRegistry | None = None,
                  peers: Callable[[], list[dict[str, Any]]] | None = None, repository_locked: str = "") -> None:
         """``shm``: system shared-memory regions, for the fronts' decode and encode (None: not served).
@@ -54,6 +56,7 @@ class DataPlane:
         ``repository_locked``: when set, load/unload are refused with this message (``--workers N``)."""
         self.registry = registry
         self.router = router
+        self.traffic = traffic
         self.server_name = server_name
         self.shm = shm
         self.peers = peers
@@ -152,28 +155,31 @@ class DataPlane:
         mv.stats.record_failures(code.name, 1)
 
     # ---- inference -----------------------------------------------------------------------
-    def resolve(self, request: InferRequest) -> ModelVersion:
-        return self.router.resolve(request)
+    def route_of(self, model: str) -> ModelRoute | None:
+        """The model's entry in the routing table now (the fronts ask whether it has a policy,
+        and which sticky key it reads)."""
+        return self.router.table.get(model)
 
-    def submit(self, request: InferRequest, done: DoneCallback, eager: bool = False) -> Ticket | SplitGroup:
-        """Queue a request; ``done`` is called exactly once, on the loop thread, unless cancelled.
+    def submit(self, request: InferRequest, done: DoneCallback, eager: bool = False,
+               keys: Mapping[str, Any] | None = None) -> Ticket:
+        """Route, then hand the request to the chosen target (coalesce -> admit -> batch -> backend);
+        ``done`` is called exactly once, on the loop thread, unless cancelled.
 
-        Validation errors raise ``GatewayError`` synchronously (nothing queued), counted here. Calling
-        ``ticket.cancel()`` before the batch runs drops the request and ``done`` is never called.
+        ``keys``: sticky-key candidates the front collected (lowercase header / metadata names).
+        Refusals raise ``GatewayError`` synchronously (nothing queued), each counted by the stage
+        that refused. Calling ``ticket.cancel()`` before the batch runs drops the request and
+        ``done`` is never called.
         """
         # try costs nothing on the success path (3.11+); only a rejection pays for its counting
         try:
-            mv = self.router.resolve(request)
+            target = self.router.route(request, keys)
         except GatewayError as exc:
             self.record_rejected(request.model_name, request.model_version, exc.code)
             raise
-        try:
-            return mv.batcher.submit(request, done, eager)
-        except GatewayError as exc:
-            mv.stats.record_failures(exc.code.name, 1)
-            raise
+        return target.submit(request, done, eager)
 
-    async def infer(self, request: InferRequest, eager: bool = False) -> InferResponse:
+    async def infer(self, request: InferRequest, eager: bool = False,
+                    keys: Mapping[str, Any] | None = None) -> InferResponse:
         """Awaitable form of ``submit``; cancelling the awaiting task drops the queued work.
         ``eager``: see ``Batcher.submit`` (the gRPC front sets it)."""
         loop = asyncio.get_running_loop()
@@ -187,7 +193,7 @@ class DataPlane:
             else:
                 fut.set_result(resp)  # type: ignore[arg-type]
 
-        ticket = self.submit(request, done, eager)
+        ticket = self.submit(request, done, eager, keys)
         try:
             return await fut
         except asyncio.CancelledError:

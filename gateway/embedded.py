@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from gateway.dataplane import DataPlane
-from gateway.pipeline.route import Router
-from gateway.repository.registry import ModelRegistry
+from gateway.compose import build_pipeline
 from gateway.types import InferRequest
 
 
 class Gateway:
     def __init__(self, repository: str | Path) -> None:
-        self.registry = ModelRegistry(Path(repository))
-        self.dataplane = DataPlane(self.registry, Router(self.registry))
+        p = build_pipeline(Path(repository))
+        self.registry = p.registry
+        self.traffic = p.traffic
+        self.dataplane = p.dataplane
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @classmethod
@@ -45,10 +45,12 @@ class Gateway:
 
     async def __aenter__(self) -> Gateway:
         await self.registry.load_all()
+        self.traffic.start()
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
+        self.traffic.stop()
         await self.registry.close()
         if self._tmp is not None:
             self._tmp.cleanup()

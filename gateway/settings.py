@@ -11,7 +11,7 @@ import difflib
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,16 @@ class ServerSettings:
     """"explicit": clients may load/unload models (repository extension); "none": they may not."""
     strict_readiness: bool = True
     """Ready only while every model that should be loaded serves (Triton's default); false: the loaded ones serve."""
+    admin_token: str = field(default="", repr=False)  # a secret: never in a repr or a log line
+    """Bearer token for /v2/admin/* (traffic policy) and, when set, repository load/unload. Empty: admin API off (404)."""
+    traffic_tick_s: float = 1.0
+    """How often traffic guards sample each arm's counters, judge canaries and step rollouts."""
+    shadow_max_outstanding: int = 64
+    """Most mirrored (shadow) requests unanswered at once per arm; more are shed, never queued."""
+    outcome_attribution_ids: int = 100_000
+    """Request ids remembered per model for outcome attribution (~200 bytes each; the oldest go first)."""
+    outcome_attribution_ttl_s: float = 3600.0
+    """How long a request id can still be credited with an outcome."""
 
     @classmethod
     def load(
@@ -158,6 +168,12 @@ class ServerSettings:
                              f"({self.grpc_max_inflight_bytes} < {self.grpc_max_message_bytes})")
         if self.drain_s < 0 or self.shutdown_grace_s < 0:
             raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
+        for name in ("traffic_tick_s", "outcome_attribution_ttl_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("shadow_max_outstanding", "outcome_attribution_ids"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be >= 1, got {getattr(self, name)}")
         if self.worker_stats_interval_s <= 0:
             raise ValueError(f"setting worker_stats_interval_s must be > 0, got {self.worker_stats_interval_s}")
         if self.repository_control not in ("explicit", "none"):

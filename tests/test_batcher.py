@@ -1,4 +1,4 @@
-"""The batcher driver with an injectable clock and a scripted backend (no model, no sleeps).
+"""The admit + batch stages with an injectable clock and a scripted backend (no model, no sleeps).
 
 The backend here is a stand-in for the Backend interface so that the driver's decisions
 (when to release, what to drop, what to fail) are observable; the real onnxruntime path is
@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
+from gateway.pipeline.admit import Admit
 from gateway.pipeline.batcher import Batcher
 from gateway.pipeline.validate import Signature
 from gateway.types import InferRequest, TensorSpec
@@ -57,12 +58,15 @@ class ScriptedBackend:
         pass
 
 
-def make(delay_us: int = 0, max_batch: int = 4, rows_delta: int = 0) -> tuple[Batcher, ScriptedBackend, FakeClock]:
+def make(delay_us: int = 0, max_batch: int = 4, rows_delta: int = 0) -> tuple[Admit, ScriptedBackend, FakeClock]:
+    """A version's admit + batch stages over the scripted backend (what the router hands requests to)."""
     backend = ScriptedBackend(rows_delta)
     cfg = ModelConfig(name="m", max_batch_size=max_batch, max_queue_delay_us=delay_us, max_queue_size=64)
     sig = Signature.build("m", backend.inputs, backend.outputs, True)
     clock = FakeClock()
-    return Batcher("m", "1", cfg, backend, sig, ModelStats(), clock), backend, clock  # type: ignore[arg-type]
+    stats = ModelStats()
+    batcher = Batcher("m", "1", cfg, backend, sig, stats, clock)  # type: ignore[arg-type]
+    return Admit("m", "1", cfg, sig, batcher, stats, clock), backend, clock
 
 
 def req(value: float, rows: int = 1, timeout_us: int = 0) -> InferRequest:

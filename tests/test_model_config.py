@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from models import mlp_model, static_model, write_model
 
+from gateway.backends.onnx import OnnxFactory
 from gateway.errors import GatewayError
 from gateway.model_config import ConfigError, VersionPolicy, parse_config
 from gateway.repository.registry import ModelRegistry
@@ -39,7 +40,7 @@ def test_version_policies() -> None:
 
 
 def load(repo: Path, name: str) -> ModelRegistry:
-    reg = ModelRegistry(repo)
+    reg = ModelRegistry(repo, OnnxFactory())
     asyncio.run(reg.load(name))
     return reg
 

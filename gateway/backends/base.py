@@ -1,17 +1,21 @@
-"""The interface every backend implements (onnxruntime in-process now, a remote Triton later).
+"""The interface every backend implements (onnxruntime in-process now, a remote Triton later),
+and the factory the composition root injects into the repository to build them.
 
-The batcher sees only this: run a packed batch, know how many batches may run at once, and
+The batcher sees only ``Backend``: run a packed batch, know how many batches may run at once, and
 whether a batch may run inline on the event loop thread (cheap models) or must go elsewhere.
-Backends translate their own exceptions into ``GatewayError`` at this boundary.
+Backends translate their own exceptions into ``GatewayError`` at this boundary. The repository
+sees only ``BackendFactory``: it never names a concrete backend nor a model file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from gateway.model_config import ModelConfig
 from gateway.types import TensorSpec
 
 Outputs = dict[str, np.ndarray]
@@ -38,6 +42,31 @@ class Backend(Protocol):
         """Start one batch elsewhere; ``done`` is called on the event loop thread."""
         ...
 
+    def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:
+        """Run ``feeds`` on every instance before the version takes traffic; returns the slowest
+        time in seconds and may settle ``inline`` from it (``execution = auto``). Raises on failure."""
+        ...
+
     def ready(self) -> bool: ...
 
+    def cancel(self) -> None:
+        """Abandon batches still running (an unload past its grace): their ``done`` gets CANCELLED
+        where the backend can interrupt them; in-process sessions finish what they started."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class BackendFactory(Protocol):
+    """Builds a version's backend from its directory in the repository."""
+
+    default_filename: str
+    """The model file a version directory holds when the config names none (e.g. model.onnx)."""
+
+    def __call__(self, path: Path, config: ModelConfig) -> Backend:
+        """A backend for the model file at ``path``; raises ``ConfigError`` naming what is wrong."""
+        ...
+
+    def check_device(self, device: str) -> None:
+        """Raise ``ConfigError`` when ``device`` ("cuda", ...) cannot run here."""
+        ...

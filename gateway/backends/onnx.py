@@ -116,6 +116,9 @@ class OnnxBackend:
                  self.model, self.device, best, "inline" if self.inline else "thread")
         return best
 
+    def cancel(self) -> None:
+        """A running ``session.run`` is not interrupted: it finishes and its batch is answered."""
+
     def ready(self) -> bool:
         return not self._closed
 
@@ -175,3 +178,15 @@ def _to_bytes(arr: np.ndarray) -> np.ndarray:
     out = np.empty(len(flat), dtype=object)
     out[:] = flat
     return out.reshape(arr.shape)
+
+
+class OnnxFactory:
+    """The repository's backend factory for ONNX models (what ``app`` injects)."""
+
+    default_filename = "model.onnx"
+
+    def __call__(self, path: Path, config: ModelConfig) -> OnnxBackend:
+        return OnnxBackend(path, config)
+
+    def check_device(self, device: str) -> None:
+        choose_providers(device)

@@ -89,6 +89,9 @@ class ReshapingBackend:
     def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:
         return self.inner.warm_up(self._feeds(feeds), inline_threshold_us)  # type: ignore[attr-defined]
 
+    def cancel(self) -> None:
+        self.inner.cancel()
+
     def ready(self) -> bool:
         return self.inner.ready()
 

@@ -121,3 +121,8 @@ REPOSITORY_LOCKED = (
     "copy of the models, so a change would reach only the worker that answered. Change the repository "
     "and restart, or run one worker (workers = 1) to load and unload at run time"
 )
+TRAFFIC_LOCKED = (
+    "traffic policy changes are refused while the server runs {n} worker processes: each routes on its "
+    "own, so a change would reach only the worker that answered. Set [traffic] in the model's config.toml "
+    "and reload, or run one worker (workers = 1) to change policies at run time"
+)

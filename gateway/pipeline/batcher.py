@@ -25,14 +25,14 @@ from gateway.backends.base import Backend, Outputs
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
-from gateway.pipeline.batch_queue import INF, BatchQueue, Pending
-from gateway.pipeline.validate import Signature, bucket_key, check_request
+from gateway.pipeline.batch_queue import BatchQueue, Pending
+from gateway.pipeline.target import Done
+from gateway.pipeline.validate import Signature, bucket_key
 from gateway.types import InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
 
-Done = Callable[[InferResponse | None, GatewayError | None], None]
-Ticket = Pending  # what submit returns: ``.cancel()``
+Ticket = Pending  # what enqueue returns: ``.cancel()``
 
 
 class SplitGroup:
@@ -89,7 +89,6 @@ class Batcher:
         self.compute_estimate_s = 0.0
         self._soon: asyncio.Handle | None = None  # a flush on the next loop pass
         self._timer: asyncio.TimerHandle | None = None  # a flush when a delay or deadline comes due
-        self._accepting = True
         self._idle_waiters: list[asyncio.Future[None]] = []
 
     @property
@@ -105,25 +104,14 @@ class Batcher:
         return queued, self.executing
 
     # ---- intake ----------------------------------------------------------------------------
-    def submit(self, request: InferRequest, done: Done, eager: bool = False) -> Ticket | SplitGroup:
-        """Queue a request. ``eager``: when the backend is idle, runs inline, nothing is queued and
-        no delay is configured, run it now instead of on the next loop pass; for callers whose
-        requests arrive one per loop pass (grpc.aio), waiting a pass only costs latency and CPU."""
-        if not self._accepting:
-            raise GatewayError(Code.UNAVAILABLE, f"model '{self.name}' version {self.version} is unloading")
-        rows = check_request(self.sig, request)
+    def enqueue(self, request: InferRequest, done: Done, rows: int, now: float, deadline: float,
+                eager: bool = False) -> Ticket | SplitGroup:
+        """Queue a request the admit stage accepted (``rows`` checked against the signature and
+        the queue bound, ``deadline`` fixed). ``eager``: when the backend is idle, runs inline,
+        nothing is queued and no delay is configured, run it now instead of on the next loop
+        pass; for callers whose requests arrive one per loop pass (grpc.aio), waiting a pass only
+        costs latency and CPU."""
         q = self.queue
-        if rows > q.max_queue_rows:  # could never fit, however idle the server: not worth a retry
-            raise GatewayError(Code.INVALID_ARGUMENT,
-                               f"request has {rows} rows; model '{self.name}' queues at most {q.max_queue_rows} "
-                               "(max_queue_size)")
-        if not q.has_room(rows):
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"model '{self.name}' queue is full ({q.max_queue_rows} rows queued at most)",
-                               retry_after_s=1)
-        now = self.clock()
-        timeout_us = request.timeout_us or self.config.timeout_us
-        deadline = now + timeout_us * 1e-6 if timeout_us > 0 else INF
         key = bucket_key(self.sig, request)
         mbs = self.config.max_batch_size
         ticket: Ticket | SplitGroup
@@ -273,8 +261,7 @@ class Batcher:
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def drain(self) -> None:
-        """Stop accepting; wait until nothing is queued or in flight."""
-        self._accepting = False
+        """Wait until nothing is queued or in flight (the admit stage stopped accepting first)."""
         if not self.queue.rows and not self.in_flight:
             return
         fut: asyncio.Future[None] = self.loop.create_future()

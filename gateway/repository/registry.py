@@ -25,8 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.base import Backend
-from gateway.backends.onnx import OnnxBackend, choose_providers
+from gateway.backends.base import Backend, BackendFactory
 from gateway.backends.reshape import ReshapingBackend
 from gateway.errors import Code, GatewayError, not_found
 from gateway.model_config import (
@@ -37,7 +36,10 @@ from gateway.model_config import (
     read_config_file,
 )
 from gateway.observe.stats import ModelStats
+from gateway.pipeline import coalesce
+from gateway.pipeline.admit import Admit
 from gateway.pipeline.batcher import Batcher
+from gateway.pipeline.policy import PolicyError, TrafficPolicy, check_versions, parse_policy
 from gateway.pipeline.validate import Signature
 from gateway.repository.triton_config import TritonConfig, check_io, read_override, read_pbtxt, triton_type
 from gateway.repository.warmup import default_feeds, sample_feeds, tile_rows
@@ -45,7 +47,8 @@ from gateway.types import TensorSpec
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
+Publish = Callable[[str, Mapping[str, "ModelVersion"] | None, TrafficPolicy | None], None]
+"""(model, its ready versions or None, its config.toml traffic policy): the routing table's source."""
 _WHERE_MBS = " where max_batch_size was set"
 
 
@@ -77,11 +80,12 @@ def config_parameter(name: str, parameters: Mapping[str, Any]) -> str | None:
 
 
 class ModelVersion:
-    """One loaded version: config, backend, batcher, statistics."""
+    """One loaded version: config, backend, statistics, and its request-path stages (admit, batch;
+    ``target`` is what the router hands requests to)."""
 
     def __init__(self, name: str, version: str, config: ModelConfig, backend: Backend,
                  clock: Callable[[], float], triton: TritonConfig | None = None,
-                 model_filename: str = MODEL_FILE, io: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None
+                 model_filename: str = "", io: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None
                  ) -> None:
         self.name = name
         self.version = version
@@ -93,6 +97,8 @@ class ModelVersion:
         inputs, outputs = io or (backend.inputs, backend.outputs)  # io: what clients see, if not the graph's
         self.signature = Signature.build(name, inputs, outputs, config.batching)
         self.batcher = Batcher(name, version, config, backend, self.signature, self.stats, clock)
+        self.admit = Admit(name, version, config, self.signature, self.batcher, self.stats, clock)
+        self.target = coalesce.wrap(self.admit, config)
         self.ready = False
 
     def metadata(self, versions: list[str]) -> dict[str, Any]:
@@ -153,7 +159,7 @@ class ModelVersion:
         """Run the declared warm-up samples, or default inputs that fit each datatype, then a
         max-size batch (it decides inline vs thread). Raises ConfigError naming what failed."""
         c, thr = self.config, self.config.inline_threshold_us
-        warm = self.backend.warm_up  # type: ignore[attr-defined]  # Onnx/Reshaping
+        warm = self.backend.warm_up
         tc = self.triton
         if tc is not None and tc.warmup:
             first = None
@@ -181,15 +187,22 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, root: Path, clock: Callable[[], float] | None = None, strict_readiness: bool = True) -> None:
+    def __init__(self, root: Path, backends: BackendFactory, publish: Publish | None = None,
+                 clock: Callable[[], float] | None = None, strict_readiness: bool = True) -> None:
+        """``backends``: builds each version's backend (the composition root chooses it);
+        ``publish``: told whenever the set of ready versions of a model changes (traffic control,
+        which rebuilds the routing table), before any retired version drains."""
         import time
 
         self.root = Path(root)
+        self.backends = backends
+        self.publish = publish or (lambda name, versions, policy: None)
         self.clock = clock or time.perf_counter
         self.strict_readiness = strict_readiness
         self.models: dict[str, dict[str, ModelVersion]] = {}
         self.default_version: dict[str, str] = {}
         self.errors: dict[str, str] = {}
+        self.policies: dict[str, TrafficPolicy | None] = {}  # config.toml [traffic], per loaded model
         self._wanted: set[str] = set()  # should be loaded: found at start, or loaded explicitly since
         self._loading: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -218,6 +231,15 @@ class ModelRegistry:
             raise GatewayError(Code.UNAVAILABLE, f"Request for unknown model: '{name}' version {version} "
                                "is not at ready state")
         return mv
+
+    def miss(self, name: str, version: str = "") -> GatewayError:
+        """The error for a request the routing table cannot serve, in Triton's wording."""
+        try:
+            self.get(name, version)
+        except GatewayError as exc:
+            return exc
+        return GatewayError(Code.UNAVAILABLE, f"Request for unknown model: '{name}' version {version} "
+                            "is not at ready state")
 
     def versions(self, name: str = "", version: str = "") -> list[ModelVersion]:
         if name:
@@ -286,7 +308,7 @@ class ModelRegistry:
         async with lock:
             self._loading.add(name)
             try:
-                built = await self._build(name, self.root / name, config)
+                built, policy = await self._build(name, self.root / name, config)
             except Exception as exc:
                 why = str(exc).removeprefix(f"model '{name}': ")
                 if not isinstance(exc, ConfigError | GatewayError):
@@ -300,16 +322,19 @@ class ModelRegistry:
             old = self.models.get(name, {})
             self.models[name] = built
             self.default_version[name] = max(built, key=int)
+            self.policies[name] = policy
             self.errors.pop(name, None)
             for mv in built.values():
                 mv.ready = True
+            self.publish(name, built, policy)  # the new versions take traffic from here on
             for mv in old.values():
                 await self._retire(mv)
             log.info("model %s ready: versions %s", name, ", ".join(sorted(built, key=int)))
 
-    async def _build(self, name: str, model_dir: Path, override: str | None) -> dict[str, ModelVersion]:
+    async def _build(self, name: str, model_dir: Path,
+                     override: str | None) -> tuple[dict[str, ModelVersion], TrafficPolicy | None]:
         loop = asyncio.get_running_loop()
-        tc, cfg, raw, versions = await loop.run_in_executor(None, self._prepare, name, model_dir, override)
+        tc, cfg, raw, versions, policy = await loop.run_in_executor(None, self._prepare, name, model_dir, override)
         built: dict[str, ModelVersion] = {}
         try:
             for v in versions:
@@ -318,22 +343,24 @@ class ModelRegistry:
             for mv in built.values():
                 await mv.backend.close()
             raise
-        return built
+        return built, policy
 
     def _prepare(self, name: str, model_dir: Path,
-                 override: str | None) -> tuple[TritonConfig | None, ModelConfig, dict[str, Any], list[str]]:
+                 override: str | None
+                 ) -> tuple[TritonConfig | None, ModelConfig, dict[str, Any], list[str], TrafficPolicy | None]:
         tc = read_override(model_dir, override) if override is not None else read_pbtxt(model_dir)
         toml = read_config_file(model_dir)
+        traffic = toml.pop("traffic", None)
         raw = {**(tc.settings if tc else {}), **toml}  # config.toml wins
         cfg = parse_config(name, raw)
         if tc is not None and "max_batch_size" in tc.settings and "max_batch_size" not in toml:
             raw[_WHERE_MBS] = tc.source  # after parse_config: not a setting, only for the graph check's message
         if tc is not None and tc.gpu_field and "device" not in toml:
             try:
-                choose_providers("cuda")
+                self.backends.check_device("cuda")
             except ConfigError as exc:
                 raise tc.fail(tc.gpu_field, "is KIND_GPU but " + str(exc).split(" but ", 1)[-1]) from None
-        filename = (tc.model_filename if tc else "") or MODEL_FILE
+        filename = (tc.model_filename if tc else "") or self.backends.default_filename
         on_disk = self._versions_on_disk(model_dir, filename)
         if not on_disk:
             raise ConfigError(f"model '{name}': no <version>/{filename} under {model_dir}")
@@ -341,20 +368,27 @@ class ModelRegistry:
         if not selected:
             raise ConfigError(f"model '{name}': config field 'version_policy' selects none of versions "
                               f"{', '.join(sorted(on_disk, key=int))}")
-        return tc, cfg, raw, selected
+        policy = None
+        if traffic is not None:
+            try:
+                policy = parse_policy(traffic)
+                check_versions(policy, selected)
+            except PolicyError as exc:
+                raise ConfigError(f"model '{name}': config.toml: {exc}") from None
+        return tc, cfg, raw, selected, policy
 
     def _build_version(self, name: str, model_dir: Path, v: str, tc: TritonConfig | None, cfg: ModelConfig,
                        raw: dict[str, Any]) -> ModelVersion:
-        filename = (tc.model_filename if tc else "") or MODEL_FILE
-        onnx = OnnxBackend(model_dir / v / filename, cfg)
-        eff = check_against_graph(cfg, onnx.inputs, onnx.outputs, raw, raw.get(_WHERE_MBS, "config"))
-        backend: Backend = onnx
+        filename = (tc.model_filename if tc else "") or self.backends.default_filename
+        inner = self.backends(model_dir / v / filename, cfg)
+        eff = check_against_graph(cfg, inner.inputs, inner.outputs, raw, raw.get(_WHERE_MBS, "config"))
+        backend: Backend = inner
         io = None
         if tc is not None:
-            plan = check_io(tc, eff.max_batch_size, onnx.inputs, onnx.outputs)
+            plan = check_io(tc, eff.max_batch_size, inner.inputs, inner.outputs)
             io = (plan.inputs, plan.outputs)  # declared dims may be more specific than the graph's -1
             if plan.needs_wrapper:
-                backend = ReshapingBackend(onnx, plan.inputs, plan.outputs, plan.input_reshape, plan.output_reshape,
+                backend = ReshapingBackend(inner, plan.inputs, plan.outputs, plan.input_reshape, plan.output_reshape,
                                            eff.batching)
         mv = ModelVersion(name, v, eff, backend, self.clock, tc, filename, io)
         mv.warm_up()
@@ -375,16 +409,21 @@ class ModelRegistry:
                     return
                 raise unknown_model(name)
             self.default_version.pop(name, None)
+            self.policies.pop(name, None)
             self.errors[name] = "unloaded"
+            self.publish(name, None, None)  # out of the routing table before anything drains
             for mv in versions.values():
                 await self._retire(mv)
 
     async def _retire(self, mv: ModelVersion) -> None:
+        """Drain a version no route names any more: what it accepted is answered, then it closes."""
         mv.ready = False
+        mv.admit.accepting = False
         await mv.batcher.drain()
         await mv.backend.close()
 
     async def close(self) -> None:
         for name in list(self.models):
+            self.publish(name, None, None)
             for mv in self.models.pop(name).values():
                 await self._retire(mv)
