@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from gateway.dataplane import DataPlane
 from gateway.observe.stats import STAGES, Totals
+from gateway.pipeline.traffic import TrafficControl
 
 # Triton's failure reasons, from our neutral error codes: REJECTED is the scheduler turning a
 # request away (queue full, deadline passed while queued), BACKEND a failed model execution,
@@ -153,6 +154,69 @@ def _write_exact(families: Iterable[tuple[str, str, str, list[Sample]]]) -> byte
     return "".join(out).encode()
 
 
+def traffic_families(traffic: TrafficControl) -> list[Metric]:
+    """Per model: the split in force, guard states, rollbacks, shadow comparison, outcomes.
+
+    The outcome counters (count, sum, sum of squares per arm and metric) are additive, so summing
+    them over replicas in PromQL gives the fleet-wide test that ``pipeline.outcomes`` runs locally."""
+    weight = GaugeMetricFamily("gateway_traffic_weight", "Percent of unpinned requests each version takes.",
+                               labels=["model", "version"])
+    guard = GaugeMetricFamily("gateway_traffic_guard_state",
+                              "1 for the canary's current guard verdict (ok, insufficient data, breach).",
+                              labels=["model", "version", "state"])
+    rollbacks = CounterMetricFamily("gateway_traffic_rollbacks", "Canary rollbacks, by guard or admin.",
+                                    labels=["model", "version", "kind"])
+    s_labels = ["model", "primary", "shadow"]
+    compared = CounterMetricFamily("gateway_shadow_compared", "Mirrored requests whose answers were compared.",
+                                   labels=s_labels)
+    agreed = CounterMetricFamily("gateway_shadow_agreed",
+                                 "Compared answers that agreed (argmax for classifier outputs, else within "
+                                 "tolerance).", labels=s_labels)
+    shadow_errors = CounterMetricFamily("gateway_shadow_errors", "Mirrored requests the shadow failed.",
+                                        labels=s_labels)
+    shed = CounterMetricFamily("gateway_shadow_shed", "Mirror copies skipped because the shadow was behind.",
+                               labels=s_labels)
+    max_abs = GaugeMetricFamily("gateway_shadow_max_abs_diff", "Largest absolute output difference seen.",
+                                labels=s_labels)
+    lat = GaugeMetricFamily("gateway_shadow_latency_diff_seconds", "Mean shadow minus primary latency.",
+                            labels=s_labels)
+    o_labels = ["model", "arm", "metric"]
+    o_count = CounterMetricFamily("gateway_outcome_count", "Outcomes credited to an arm.", labels=o_labels)
+    o_sum = CounterMetricFamily("gateway_outcome_sum", "Sum of outcome values per arm.", labels=o_labels)
+    o_sq = CounterMetricFamily("gateway_outcome_sum_squares", "Sum of squared outcome values per arm.",
+                               labels=o_labels)
+    unattributed = CounterMetricFamily("gateway_outcome_unattributed",
+                                       "Outcomes no arm could be credited with (unknown or expired id, ...).",
+                                       labels=["model"])
+    for name, m in sorted(traffic.models.items()):
+        p = m.policy
+        for v in sorted(m.versions, key=int):
+            w = p.weights.get(v, 0.0) if p is not None and p.weights else (100.0 if v == m.stable else 0.0)
+            weight.add_metric([name, v], w)
+        for v, verdict in sorted(m.verdicts.items()):
+            for state in ("ok", "insufficient", "breach"):
+                guard.add_metric([name, v, state], 1.0 if verdict.state == state else 0.0)
+        for (v, kind), n in sorted(m.rollbacks.items()):
+            rollbacks.add_metric([name, v, kind], n)
+        if p is not None and p.shadow is not None:
+            for primary, c in sorted(m.comparisons.items()):
+                snap = c.snapshot()
+                lbl = [name, primary, p.shadow.version]
+                compared.add_metric(lbl, snap.get("compared", 0))
+                agreed.add_metric(lbl, snap.get("agreed", 0))
+                shadow_errors.add_metric(lbl, snap.get("shadow_errors", 0))
+                shed.add_metric(lbl, snap.get("shed", 0))
+                max_abs.add_metric(lbl, snap.get("max_abs_diff") or 0.0)
+                lat.add_metric(lbl, (snap.get("mean_latency_diff_ms") or 0.0) / 1e3)
+        for (arm, metric), (n, total, squares) in sorted(m.book.totals().items()):
+            o_count.add_metric([name, arm, metric], n)
+            o_sum.add_metric([name, arm, metric], total)
+            o_sq.add_metric([name, arm, metric], squares)
+        unattributed.add_metric([name], m.book.unattributed)
+    return [weight, guard, rollbacks, compared, agreed, shadow_errors, shed, max_abs, lat, o_count, o_sum, o_sq,
+            unattributed]
+
+
 class GatewayMetrics:
     """The /metrics document of one gateway: rendered from the data plane's totals at scrape time."""
 
@@ -164,7 +228,8 @@ class GatewayMetrics:
         peers = dp.peer_docs()  # read once per scrape
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
-        return (generate_latest(_Families(gateway_families(totals, unresolved, peers)))  # type: ignore[arg-type]
+        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic)
+        return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
 
 

@@ -72,7 +72,7 @@ class ModelTraffic:
         self.policy: TrafficPolicy | None = None
         self.tracker: WindowTracker | None = None
         self.rollout: Rollout | None = None
-        self.comparison: ShadowComparison | None = None
+        self.comparisons: dict[str, ShadowComparison] = {}  # primary version -> its comparison with the shadow
         self.book = OutcomeBook(settings.outcome_ids, settings.outcome_ttl_s)
         self.verdicts: dict[str, Verdict] = {}
         self.rollbacks: dict[tuple[str, str], int] = {}  # (version, kind) -> times rolled back
@@ -110,13 +110,11 @@ class ModelTraffic:
             self.verdicts.clear()
             self.rollout = None
             self.tracker = None
-            self.comparison = None
+            self.comparisons = {}
         if policy is None:
             return
         if policy.guard is not None and self.tracker is None:
             self.tracker = WindowTracker(policy.guard.window_s)
-        if policy.shadow is not None and self.comparison is None:
-            self.comparison = ShadowComparison(policy.shadow.atol, policy.shadow.rtol)
         if reset and policy.rollout_canary:
             canary = policy.rollout_canary
             self.rollout = Rollout(policy.steps, policy.step_interval_s, self.clock())
@@ -133,11 +131,15 @@ class ModelTraffic:
         stable = self.stable
         arms = dict(p.weights) if p.weights else {stable: 100.0}
         wrapped: dict[str, Target] = {}
-        if p.shadow is not None and self.comparison is not None:
-            shadow = self.versions[p.shadow.version]
+        if p.shadow is not None:
+            s = p.shadow
+            shadow = self.versions[s.version]
             for v in arms:
-                if v != p.shadow.version:
-                    wrapped[v] = ShadowTarget(targets[v], shadow.admit, p.shadow.fraction, self.comparison,
+                if v != s.version:
+                    comparison = self.comparisons.get(v)
+                    if comparison is None:
+                        comparison = self.comparisons[v] = ShadowComparison(s.atol, s.rtol)
+                    wrapped[v] = ShadowTarget(targets[v], shadow.admit, s.fraction, comparison,
                                               self.clock, self.settings.shadow_max_outstanding)
         live = [v for v, w in arms.items() if w > 0]
         remember = self.book.remember if len(live) > 1 else None
@@ -153,9 +155,10 @@ class ModelTraffic:
         if tracker is not None:
             for v, mv in self.versions.items():
                 tracker.push(v, now, _sample(mv.stats))
-            if self.comparison is not None and p.shadow is not None:
-                compared, disagreed = self.comparison.counts()
-                tracker.push("shadow:" + p.shadow.version, now, Sample(compared, disagreed, ()))
+            if self.comparisons and p.shadow is not None:
+                counts = [c.counts() for c in self.comparisons.values()]
+                tracker.push("shadow:" + p.shadow.version, now,
+                             Sample(sum(n for n, _ in counts), sum(d for _, d in counts), ()))
         stable = self.stable
         candidates = set(p.canaries)
         if self.rollout is not None and p.rollout_canary:
@@ -255,8 +258,9 @@ class ModelTraffic:
             "rollout": None if self.rollout is None or p is None else {
                 "canary": p.rollout_canary, "steps": list(p.steps), "weight": self.rollout.weight(),
                 "step_interval_s": p.step_interval_s},
-            "shadow": None if self.comparison is None or p is None or p.shadow is None else {
-                "version": p.shadow.version, "fraction": p.shadow.fraction, **self.comparison.snapshot()},
+            "shadow": None if p is None or p.shadow is None else {
+                "version": p.shadow.version, "fraction": p.shadow.fraction,
+                "by_primary": {v: c.snapshot() for v, c in sorted(self.comparisons.items())}},
             "outcomes": self.book.report(self.stable),
             "events": list(self.events),
         }
