@@ -3,7 +3,7 @@
 It runs on the same event loop as the HTTP front and shares everything below decode with it.
 Wire compatibility with Triton's clients comes from ``proto/`` (see tests/test_grpc_proto.py).
 
-- Errors: a ``GatewayError`` aborts the call with the gRPC status that ``gateway.errors`` maps
+- Errors: a ``GatewayError`` aborts the call with the gRPC status that ``gateway.front.status`` maps
   its code to; the message names the culprit.
 - Deadlines: what is left of the client's deadline becomes ``InferRequest.timeout_us``, so an
   expired request leaves the batch queue before compute (DEADLINE_EXCEEDED).
@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from gateway.dataplane import DataPlane
-from gateway.errors import Code, GatewayError, grpc_status_name
+from gateway.errors import Code, GatewayError
 from gateway.front.grpc.codec import decode_infer_request, encode_infer_response
 from gateway.front.grpc.meta import (
     model_config_to_pb,
@@ -37,6 +37,8 @@ from gateway.front.grpc.meta import (
     server_metadata_to_pb,
 )
 from gateway.front.grpc.stream import serve_stream
+from gateway.front.model_docs import model_config, model_metadata, model_statistics
+from gateway.front.status import grpc_status_name
 from gateway.pb import Message, add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
@@ -103,15 +105,16 @@ class InferenceServicer:
 
     @aborts_on_error
     async def ModelMetadata(self, request: Any, context: Any) -> Message:
-        return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
+        mv = self._dp.model_version(request.name, request.version)
+        return model_metadata_to_pb(model_metadata(mv, self._dp.version_labels(request.name)))
 
     @aborts_on_error
     async def ModelConfig(self, request: Any, context: Any) -> Message:
-        return model_config_to_pb(self._dp.model_config(request.name, request.version))
+        return model_config_to_pb(model_config(self._dp.model_version(request.name, request.version)))
 
     @aborts_on_error
     async def ModelStatistics(self, request: Any, context: Any) -> Message:
-        return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
+        return model_statistics_to_pb(model_statistics(self._dp.model_totals(request.name, request.version)))
 
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: Message, context: Any) -> Message:

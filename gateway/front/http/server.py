@@ -26,10 +26,11 @@ from urllib.parse import unquote
 import httptools
 
 from gateway.dataplane import DataPlane
-from gateway.errors import Code, GatewayError, http_status
+from gateway.errors import Code, GatewayError
 from gateway.front.http.codec import decode_infer, dumps, encode_infer
 from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
 from gateway.front.http.routes import route_get, route_post_admin, route_post_now
+from gateway.front.status import http_status
 from gateway.observe.metrics import render_metrics
 from gateway.settings import ServerSettings
 from gateway.shm import write_outputs
