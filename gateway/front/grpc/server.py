@@ -119,14 +119,14 @@ class InferenceServicer:
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: Message, context: Any) -> Message:
         size = 0
-        infer_request = None
+        infer_request = plan = None
         try:
-            infer_request = decode_infer_request(request, deadline_us(context), self._dp.shm)
+            infer_request, plan = decode_infer_request(request, deadline_us(context), self._dp.shm)
             size = self._budget.take(infer_request)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True)
-            if infer_request.shm_outputs is not None:
-                return encode_infer_response(response, write_outputs(response.outputs, infer_request.shm_outputs))
+            if plan is not None and plan.shm is not None:
+                return encode_infer_response(response, write_outputs(response.outputs, plan.shm))
             return encode_infer_response(response)
         except GatewayError as exc:
             if infer_request is None:  # not decoded (the data plane counts its own rejections and failures)
@@ -141,7 +141,7 @@ class InferenceServicer:
         # it chains the error (and its traceback, whose frames hold the request and numpy views
         # of its bytes) to grpc's AbortError, a reference cycle only the collector frees. With
         # large messages that kept ~2 copies of every rejected 60 MiB request alive.
-        del request, infer_request
+        del request, infer_request, plan
         await context.abort(status, message)
         raise AssertionError("unreachable: abort raises")
 
