@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 from fuzz._common import expect_client_error, ref_decode, shm_registry
 from gateway.errors import GatewayError
 from gateway.front.grpc.codec import CONTENTS_FIELD, decode_infer_request
+from gateway.front.plan import EncodePlan
 from gateway.pb import service as pb
 from gateway.shm import REGION
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
@@ -30,12 +31,25 @@ def one_input(data: bytes) -> None:
 
 def check_message(msg: pb.ModelInferRequest, deadline_us: int = 0) -> InferRequest | None:
     try:
-        req = decode_infer_request(msg, deadline_us, shm_registry())
+        req, plan = decode_infer_request(msg, deadline_us, shm_registry())
     except GatewayError as err:
         expect_client_error(err)
         return None
     check_decoded(req, msg)
+    check_plan(plan, msg)
     return req
+
+
+def check_plan(plan: EncodePlan | None, msg: pb.ModelInferRequest) -> None:
+    """A plan exactly when some output has parameters; shared-memory targets only for outputs
+    whose parameters name a region."""
+    with_params = {o.name for o in msg.outputs if o.parameters}
+    if plan is None:
+        assert not with_params, f"outputs {with_params} have parameters but decode kept none"
+        return
+    assert plan.binary is None, "a gRPC plan with HTTP binary outputs"
+    assert set(plan.output_parameters or ()) == with_params
+    assert set(plan.shm or ()) == {o.name for o in msg.outputs if REGION in o.parameters}
 
 
 def check_decoded(req: InferRequest, msg: pb.ModelInferRequest) -> None:

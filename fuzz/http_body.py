@@ -20,6 +20,7 @@ import orjson
 from fuzz._common import expect_client_error, ref_decode, ref_flatten, ref_list_to_array, shm_registry
 from gateway.errors import GatewayError
 from gateway.front.http.codec import decode_infer
+from gateway.front.plan import EncodePlan
 from gateway.shm import REGION
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 
@@ -41,12 +42,25 @@ def check_body(body: bytes, hlen: int) -> InferRequest | None:
     """Decode ``body`` (``hlen``: its JSON header length, -1 for all JSON) and check the contract;
     the request when it decoded."""
     try:
-        req = decode_infer(body, hlen, "m", "", shm_registry())
+        req, plan = decode_infer(body, hlen, "m", "", shm_registry())
     except GatewayError as err:
         expect_client_error(err)
         return None
     check_decoded(req, body, hlen)
+    check_plan(req, plan)
     return req
+
+
+def check_plan(req: InferRequest, plan: EncodePlan | None) -> None:
+    """The encode plan names only requested outputs (or "*" without an outputs list), none both
+    binary and in shared memory; a plan that plans nothing is None."""
+    if plan is None:
+        return
+    binary, shm = plan.binary or frozenset(), set(plan.shm or ())
+    assert binary or shm, "an empty plan instead of None"
+    assert not binary & shm, f"outputs both binary and in shared memory: {binary & shm}"
+    named = set(req.outputs) if req.outputs is not None else {"*"}
+    assert binary | shm <= named, f"plan names outputs not requested: {(binary | shm) - named}"
 
 
 def check_decoded(req: InferRequest, body: bytes, hlen: int) -> None:

@@ -2,12 +2,12 @@
 
 Front ends decode their wire format into ``gateway.types.InferRequest`` and hand it to
 ``submit`` (callback style: the HTTP hot path allocates no future or task per request) or
-``infer`` (awaitable, for gRPC and embedded use). Everything the fronts may show a client
-(metadata, config, statistics, repository index) comes from here as plain dicts in the
-KServe v2 / Triton JSON shapes, which the gRPC front converts to protobuf.
+``infer`` (awaitable, for gRPC and embedded use). What the fronts show a client about a model
+(metadata, config, statistics) comes from here as core objects (``ModelVersion``, ``Totals``);
+the fronts turn them into the KServe v2 / Triton documents (``gateway.front.model_docs``).
 
 Errors are ``GatewayError`` with a neutral ``Code``; the fronts map them through
-``gateway.errors``.
+``gateway.front.status``.
 
 Failures are counted where they are known, off the success path: the batcher counts those after
 a request was queued, ``submit`` those it rejects (unknown version, bad shape, queue full, ...),
@@ -83,20 +83,23 @@ class DataPlane:
         except GatewayError:
             return False
 
-    def model_metadata(self, name: str, version: str = "") -> dict[str, Any]:
-        mv = self.registry.get(name, version, require_ready=False)
-        return mv.metadata(self.registry.version_labels(name))
+    def model_version(self, name: str, version: str = "") -> ModelVersion:
+        """A version in any state (metadata and config are shown while it loads); raises Triton's
+        "unknown model" error. The fronts build the documents (``gateway.front.model_docs``)."""
+        return self.registry.get(name, version, require_ready=False)
 
-    def model_config(self, name: str, version: str = "") -> dict[str, Any]:
-        return self.registry.get(name, version, require_ready=False).triton_config()
+    def version_labels(self, name: str) -> list[str]:
+        """The model's loaded versions, in numeric order."""
+        return self.registry.version_labels(name)
 
-    def model_statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
-        """Triton statistics extension: {"model_stats": [...]} for one model/version or all."""
-        stats = [t.to_json(n, v) for (n, v), t in self.version_totals(name, version).items()]
-        if name and not stats:
+    def model_totals(self, name: str = "", version: str = "") -> dict[tuple[str, str], Totals]:
+        """Statistics per (model, version) for one model/version or all; for a name that matches no
+        loaded version, Triton's "unknown model" error."""
+        totals = self.version_totals(name, version)
+        if name and not totals:
             self.registry.get(name, version, require_ready=False)  # raises Triton's "unknown model" error
             raise not_found(f"Request for unknown model: '{name}' is not found")
-        return {"model_stats": stats}
+        return totals
 
     # ---- statistics, summed over workers ---------------------------------------------------
     def local_totals(self, name: str = "", version: str = "") -> dict[tuple[str, str], Totals]:

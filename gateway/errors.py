@@ -1,8 +1,8 @@
-"""Typed errors with a protocol-neutral code, and the one table that maps codes to HTTP and gRPC.
+"""Typed errors with a protocol-neutral code.
 
 The core raises ``GatewayError(Code.X, message)``; only the front ends turn a code into a
-status, through ``http_status`` and ``grpc_status_name``. Backends translate foreign
-exceptions (onnxruntime, grpc) into these at their boundary.
+status, through ``gateway.front.status``. Backends translate foreign exceptions (onnxruntime,
+grpc) into these at their boundary.
 """
 
 from __future__ import annotations
@@ -20,31 +20,6 @@ class Code(enum.Enum):
     CANCELLED = "cancelled"
     UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
-
-
-# code -> (HTTP status, HTTP reason, gRPC status name). The only place protocol codes appear.
-_TABLE: dict[Code, tuple[int, str, str]] = {
-    Code.INVALID_ARGUMENT: (400, "Bad Request", "INVALID_ARGUMENT"),
-    Code.NOT_FOUND: (404, "Not Found", "NOT_FOUND"),
-    Code.PAYLOAD_TOO_LARGE: (413, "Payload Too Large", "RESOURCE_EXHAUSTED"),
-    Code.RESOURCE_EXHAUSTED: (429, "Too Many Requests", "RESOURCE_EXHAUSTED"),
-    Code.UNAVAILABLE: (503, "Service Unavailable", "UNAVAILABLE"),
-    Code.DEADLINE_EXCEEDED: (504, "Gateway Timeout", "DEADLINE_EXCEEDED"),
-    # 499 is nginx's "client closed request"; nobody reads it (the client left), but logs do.
-    Code.CANCELLED: (499, "Client Closed Request", "CANCELLED"),
-    Code.UNIMPLEMENTED: (501, "Not Implemented", "UNIMPLEMENTED"),
-    Code.INTERNAL: (500, "Internal Server Error", "INTERNAL"),
-}
-
-
-def http_status(code: Code) -> tuple[int, str]:
-    status, reason, _ = _TABLE[code]
-    return status, reason
-
-
-def grpc_status_name(code: Code) -> str:
-    """Name of the ``grpc.StatusCode`` member for a code (kept as a string: the core imports no grpc)."""
-    return _TABLE[code][2]
 
 
 class GatewayError(Exception):

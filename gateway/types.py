@@ -95,12 +95,10 @@ class InferRequest:
     """One inference call after decode.
 
     ``inputs`` maps input name to an array whose dtype matches the declared datatype.
-    ``outputs`` lists the requested output names (None: all). ``binary_outputs`` names the
-    outputs the HTTP front must return in the binary extension (a front-end concern carried
-    through so that the encoder knows; the core ignores it).
+    ``outputs`` lists the requested output names (None: all).
     ``timeout_us`` is the client's deadline budget (0: the model default).
-    ``shm_outputs`` maps the outputs the front must write into shared memory to their targets
-    (``gateway.shm.OutputTarget``; opaque here, and the core ignores it too).
+    How the answer goes on the wire (binary extension, shared memory) is the fronts' own
+    business: their decoders return it beside the request (``gateway.front.plan``).
     """
 
     model_name: str
@@ -110,9 +108,6 @@ class InferRequest:
     id: str = ""
     parameters: dict[str, Any] | None = None
     timeout_us: int = 0
-    binary_outputs: frozenset[str] | None = None
-    output_parameters: dict[str, dict[str, Any]] | None = None
-    shm_outputs: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

@@ -11,6 +11,7 @@ import pytest
 
 from gateway import Gateway
 from gateway.errors import Code, GatewayError
+from gateway.front.model_docs import model_config, model_statistics
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
@@ -23,7 +24,7 @@ def test_embedded_infer_and_batching(repo: Path, loop_kind: str) -> None:
             outs = await asyncio.gather(*(gw.infer("mlp", {"INPUT0": x}) for x in xs))
             for x, out in zip(xs, outs, strict=True):
                 np.testing.assert_allclose(out["OUTPUT0"], sess.run(None, {"INPUT0": x})[0], rtol=1e-5, atol=1e-6)
-            stats = gw.dataplane.model_statistics("mlp", "2")["model_stats"][0]
+            stats = model_statistics(gw.dataplane.model_totals("mlp", "2"))["model_stats"][0]
             assert max(b["batch_size"] for b in stats["batch_stats"]) > 1
             # python lists are converted to the model's dtype
             out = await gw.infer("add_sub", {"INPUT0": [[1.0] * 16], "INPUT1": [[0.5] * 16]}, outputs=["OUTPUT1"])
@@ -53,7 +54,7 @@ def test_cancelled_caller_is_never_computed(tmp_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             await asyncio.sleep(0.4)  # past the batching delay
-            stats = gw.dataplane.model_statistics("waity")["model_stats"][0]
+            stats = model_statistics(gw.dataplane.model_totals("waity"))["model_stats"][0]
             assert stats["execution_count"] == 0 and stats["inference_stats"]["success"]["count"] == 0
 
     asyncio.run(main())
@@ -71,11 +72,11 @@ def test_thread_execution_with_two_instances(tmp_path: Path, loop_kind: str) -> 
     async def main() -> None:
         async with Gateway.from_repository(tmp_path) as gw:
             mv = gw.registry.get("pooled")
-            assert not mv.backend.inline and mv.triton_config()["parameters"]["execution"]["string_value"] == "thread"
+            assert not mv.backend.inline and model_config(mv)["parameters"]["execution"]["string_value"] == "thread"
             outs = await asyncio.gather(*(gw.infer("pooled", {"INPUT0": x}) for x in xs))
             for x, out in zip(xs, outs, strict=True):
                 np.testing.assert_allclose(out["OUTPUT0"], sess.run(None, {"INPUT0": x})[0], rtol=1e-5, atol=1e-5)
-            stats = gw.dataplane.model_statistics("pooled")["model_stats"][0]
+            stats = model_statistics(gw.dataplane.model_totals("pooled"))["model_stats"][0]
             assert stats["inference_count"] == sum(x.shape[0] for x in xs)
 
     if loop_kind == "uvloop":

@@ -65,24 +65,25 @@ def invalid(msg: pb.ModelInferRequest, *words: str) -> None:
 @pytest.mark.parametrize("shape", [(2, 3), (1,), (0, 4), ()])
 def test_raw_round_trip(datatype: str, shape: tuple[int, ...]) -> None:
     arr = sample(datatype, shape)
-    req = decode_infer_request(request(("X", datatype, arr)))
+    req, plan = decode_infer_request(request(("X", datatype, arr)))
     got = req.inputs["X"]
     assert got.shape == shape and got.dtype == DATATYPE_TO_NUMPY[datatype]
     np.testing.assert_array_equal(got, arr)
     assert (req.model_name, req.model_version, req.id, req.outputs) == ("m", "2", "req-1", None)
+    assert plan is None  # no output parameters: nothing for the encoder beyond the response
 
 
 @pytest.mark.parametrize("datatype", [t for t in ALL_TYPES if t in CONTENTS_FIELD])
 def test_typed_contents_round_trip(datatype: str) -> None:
     arr = sample(datatype, (3, 2))
-    got = decode_infer_request(request(("X", datatype, arr), raw=False)).inputs["X"]
+    got = decode_infer_request(request(("X", datatype, arr), raw=False))[0].inputs["X"]
     assert got.dtype == DATATYPE_TO_NUMPY[datatype]
     np.testing.assert_array_equal(got, arr)
 
 
 def test_raw_fixed_size_input_is_a_view_over_the_message_bytes() -> None:
     arr = sample("FP32", (4, 16))
-    got = decode_infer_request(request(("X", "FP32", arr))).inputs["X"]
+    got = decode_infer_request(request(("X", "FP32", arr)))[0].inputs["X"]
     assert not got.flags.writeable and not got.flags.owndata  # np.frombuffer: no copy
 
 
@@ -96,15 +97,15 @@ def test_several_inputs_parameters_outputs_and_timeout() -> None:
     o = msg.outputs.add(name="F")
     o.parameters["classification"].int64_param = 2
     msg.outputs.add(name="S")
-    req = decode_infer_request(msg, deadline_us=9000)
+    req, plan = decode_infer_request(msg, deadline_us=9000)
     assert list(req.inputs) == ["A", "B", "C"]
     assert req.parameters == {"flag": True, "n": -5, "s": "x", "timeout": 5000}
     assert req.outputs == ["F", "S"]
-    assert req.output_parameters == {"F": {"classification": 2}}
+    assert plan is not None and plan.output_parameters == {"F": {"classification": 2}} and plan.shm is None
     assert req.timeout_us == 5000  # the tighter of the gRPC deadline and the timeout parameter
-    assert decode_infer_request(msg, deadline_us=100).timeout_us == 100
+    assert decode_infer_request(msg, deadline_us=100)[0].timeout_us == 100
     del msg.parameters["timeout"]
-    assert decode_infer_request(msg).timeout_us == 0
+    assert decode_infer_request(msg)[0].timeout_us == 0
 
 
 def test_malformed_tensors_are_refused_naming_the_input() -> None:
@@ -233,5 +234,5 @@ def test_bytes_input_in_shared_memory_with_a_count_past_ssize_is_invalid(tmp_pat
         decode_infer_request(msg, shm=shm)
     assert info.value.code is Code.INVALID_ARGUMENT and "'IN'" in info.value.message
     t.shape[:] = [2]  # the same region and size with a shape that fits: two empty elements
-    assert decode_infer_request(msg, shm=shm).inputs["IN"].tolist() == [b"", b""]
+    assert decode_infer_request(msg, shm=shm)[0].inputs["IN"].tolist() == [b"", b""]
     shm.close()

@@ -1,6 +1,9 @@
-"""The HTTP codec's fast paths agree with its general paths on random tensors."""
+"""The HTTP codec's fast paths agree with its general paths on random tensors; decode says how to
+encode the answer (binary extension, shared memory) beside the request."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import orjson
@@ -11,6 +14,7 @@ from models import random_array
 
 from gateway.errors import Code, GatewayError
 from gateway.front.http.codec import decode_infer, encode_infer
+from gateway.shm import SharedMemoryRegistry
 from gateway.types import InferResponse
 
 NUMERIC = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP16", "FP32", "FP64"]
@@ -38,8 +42,8 @@ def test_json_request_fast_path_equals_general_path(datatype, shape, seed, neste
     arr = random_array(datatype, shape, np.random.default_rng(seed))
     data = arr.tolist() if nested else arr.reshape(-1).tolist()
     tensor = {"name": "X", "datatype": datatype, "shape": list(shape), "data": data}
-    fast = decode_infer(orjson.dumps({"inputs": [tensor]}), -1, "m", "")
-    general = decode_infer(orjson.dumps({"inputs": [{**tensor, "parameters": {}}]}), -1, "m", "")
+    fast, _ = decode_infer(orjson.dumps({"inputs": [tensor]}), -1, "m", "")
+    general, _ = decode_infer(orjson.dumps({"inputs": [{**tensor, "parameters": {}}]}), -1, "m", "")
     for got in (fast.inputs["X"], general.inputs["X"]):
         assert got.dtype == arr.dtype and got.shape == arr.shape
         np.testing.assert_array_equal(got, arr)
@@ -80,4 +84,44 @@ def test_data_must_be_an_array_whatever_the_shape(datatype: str, shape: list[int
         decode_infer(body, -1, "m", "")
     assert info.value.code is Code.INVALID_ARGUMENT
     ok = orjson.dumps({"inputs": [{"name": "X", "datatype": datatype, "shape": shape, "data": [data]}]})
-    assert decode_infer(ok, -1, "m", "").inputs["X"].shape == tuple(shape)
+    assert decode_infer(ok, -1, "m", "")[0].inputs["X"].shape == tuple(shape)
+
+
+X = {"name": "X", "datatype": "FP32", "shape": [1], "data": [1.0]}
+
+
+def _plan(shm: SharedMemoryRegistry | None = None, **fields: object) -> tuple[frozenset[str] | None, set[str] | None]:
+    """(binary outputs, outputs in shared memory) of the plan decode returns; (None, None): no plan."""
+    req, plan = decode_infer(orjson.dumps({"inputs": [X], **fields}), -1, "m", "", shm)
+    assert req.inputs["X"].tolist() == [1.0]
+    if plan is None:
+        return None, None
+    assert plan.output_parameters is None  # a gRPC field
+    return plan.binary, None if plan.shm is None else set(plan.shm)
+
+
+def test_the_encode_plan_says_which_outputs_go_binary_or_to_shared_memory() -> None:
+    """What the encoder needs travels beside the request; a request that asks for nothing special
+    gets no plan at all (the hot path allocates none)."""
+    assert _plan() == (None, None)
+    assert _plan(outputs=[{"name": "A"}, {"name": "B", "parameters": {"binary_data": False}}]) == (None, None)
+    assert _plan(parameters={"binary_data_output": True}) == (frozenset(["*"]), None)
+    assert _plan(parameters={"binary_data_output": True},
+                 outputs=[{"name": "A"}, {"name": "B", "parameters": {"binary_data": False}}]) == (frozenset(["A"]), None)
+    assert _plan(outputs=[{"name": "A", "parameters": {"binary_data": True}}, {"name": "B"}]) == (frozenset(["A"]), None)
+
+    name = f"gateway-test-codec-{os.getpid()}"
+    with open(f"/dev/shm/{name}", "wb") as f:
+        f.write(bytes(64))
+    shm = SharedMemoryRegistry()
+    try:
+        shm.register("r0", "/" + name, 0, 64)
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    try:
+        in_shm = {"shared_memory_region": "r0", "shared_memory_byte_size": 16}
+        assert _plan(shm, outputs=[{"name": "A", "parameters": in_shm}]) == (None, {"A"})
+        assert _plan(shm, parameters={"binary_data_output": True},
+                     outputs=[{"name": "A", "parameters": in_shm}, {"name": "B"}]) == (frozenset(["B"]), {"A"})
+    finally:
+        shm.close()

@@ -10,6 +10,7 @@ from models import mlp_model, static_model, write_model
 
 from gateway.backends.onnx import OnnxFactory
 from gateway.errors import GatewayError
+from gateway.front.model_docs import model_config
 from gateway.model_config import ConfigError, VersionPolicy, parse_config
 from gateway.repository.registry import ModelRegistry
 
@@ -64,7 +65,7 @@ def test_defaults_from_graph_and_version_policy(tmp_path: Path) -> None:
     assert reg.version_labels("mlp") == ["3"]  # Triton's default: latest 1
     mv = reg.get("mlp")
     assert mv.config.max_batch_size == 64 and mv.config.preferred_batch_sizes == (4, 8)
-    cfg = mv.triton_config()
+    cfg = model_config(mv)
     assert cfg["dynamic_batching"] == {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 100,
                                        "default_queue_policy": {"max_queue_size": 4096, "default_timeout_microseconds": 0,
                                                                 "allow_timeout_override": True}}

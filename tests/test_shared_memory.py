@@ -28,7 +28,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, serialize_byte_tensor
 
 from gateway.demo import add_sub_model
-from gateway.errors import Code, GatewayError, http_status
+from gateway.errors import Code, GatewayError
+from gateway.front.status import http_status
 from gateway.shm import SharedMemoryRegistry, check_key
 from gateway.testing import ServerThread
 

@@ -122,41 +122,6 @@ class Totals:
                 t.hists[name] = ([int(n) for n in counts], float(total))
         return t
 
-    # ---- the Triton statistics extension --------------------------------------------------------
-    def to_json(self, name: str, version: str) -> dict[str, Any]:
-        """Triton statistics extension shape for one model version."""
-
-        def d(count: int, ns: int) -> dict[str, int]:
-            return {"count": count, "ns": ns}
-
-        return {
-            "name": name,
-            "version": version,
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": d(self.success_count, self.success_ns),
-                "fail": d(self.fail_count, self.fail_ns),
-                "queue": d(self.queue_count, self.queue_ns),
-                "compute_input": d(self.input_count, self.input_ns),
-                "compute_infer": d(self.infer_count, self.infer_ns),
-                "compute_output": d(self.output_count, self.output_ns),
-                "cache_hit": d(0, 0),
-                "cache_miss": d(0, 0),
-            },
-            "batch_stats": [
-                {
-                    "batch_size": size,
-                    # Triton's per batch-size table counts executions, each charged its batch's times.
-                    "compute_input": d(b[0], b[1]),
-                    "compute_infer": d(b[0], b[2]),
-                    "compute_output": d(b[0], b[3]),
-                }
-                for size, b in sorted(self.batch_sizes.items())
-            ],
-        }
-
 
 class ModelStats:
     """Accumulators for one model version. Mutated on the loop thread only.

@@ -41,7 +41,7 @@ from gateway.pipeline.admit import Admit
 from gateway.pipeline.batcher import Batcher
 from gateway.pipeline.policy import PolicyError, TrafficPolicy, check_versions, parse_policy
 from gateway.pipeline.validate import Signature
-from gateway.repository.triton_config import TritonConfig, check_io, read_override, read_pbtxt, triton_type
+from gateway.repository.triton_config import TritonConfig, check_io, read_override, read_pbtxt
 from gateway.repository.warmup import default_feeds, sample_feeds, tile_rows
 from gateway.types import TensorSpec
 
@@ -100,60 +100,6 @@ class ModelVersion:
         self.admit = Admit(name, version, config, self.signature, self.batcher, self.stats, clock)
         self.target = coalesce.wrap(self.admit, config)
         self.ready = False
-
-    def metadata(self, versions: list[str]) -> dict[str, Any]:
-        def t(s: TensorSpec) -> dict[str, Any]:
-            return {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
-
-        return {
-            "name": self.name,
-            "versions": versions,
-            "platform": self.backend.platform,
-            "inputs": [t(s) for s in self.signature.inputs],
-            "outputs": [t(s) for s in self.signature.outputs],
-        }
-
-    def triton_config(self) -> dict[str, Any]:
-        """Triton's model config JSON (perf_analyzer reads it to learn max_batch_size and dims):
-        the effective values, which for a config.pbtxt are the declared ones."""
-        c = self.config
-        b = c.batching
-        reshapes = {d.name: d.reshape for d in (self.triton.inputs + self.triton.outputs if self.triton else ())
-                    if d.reshape is not None}
-
-        def t(s: TensorSpec) -> dict[str, Any]:
-            out: dict[str, Any] = {"name": s.name, "data_type": triton_type(s.datatype),
-                                   "dims": list(s.shape[1:] if b else s.shape)}
-            if s.name in reshapes:
-                out["reshape"] = {"shape": list(reshapes[s.name])}
-            return out
-
-        out: dict[str, Any] = {
-            "name": self.name,
-            "platform": self.backend.platform,
-            "backend": "onnxruntime",
-            "max_batch_size": c.max_batch_size,
-            "version_policy": c.version_policy.to_triton(),
-            "input": [t(s) for s in self.signature.inputs],
-            "output": [t(s) for s in self.signature.outputs],
-            "instance_group": [{"name": self.name, "count": c.instances,
-                                "kind": "KIND_GPU" if self.backend.device.startswith("CUDA") else "KIND_CPU"}],
-            "default_model_filename": self.model_filename,
-            "parameters": {"execution": {"string_value": "inline" if self.backend.inline else "thread"},
-                           "provider": {"string_value": self.backend.device}},
-        }
-        if b:
-            out["dynamic_batching"] = {
-                "preferred_batch_size": list(c.preferred_batch_sizes),
-                "max_queue_delay_microseconds": c.max_queue_delay_us,
-                # a client's own timeout always applies here: allow_timeout_override is true
-                "default_queue_policy": {"max_queue_size": c.max_queue_size,
-                                         "default_timeout_microseconds": c.timeout_us,
-                                         "allow_timeout_override": True},
-            }
-        if self.triton and self.triton.warmup:
-            out["model_warmup"] = [s.to_triton() for s in self.triton.warmup]
-        return out
 
     def warm_up(self) -> None:
         """Run the declared warm-up samples, or default inputs that fit each datatype, then a

@@ -30,10 +30,11 @@ import numpy as np
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import invalid
+from gateway.front.plan import EncodePlan
 from gateway.pb import Message
 from gateway.pb import service as pb
 from gateway.shm import REGION as SHM_REGION
-from gateway.shm import SharedMemoryRegistry
+from gateway.shm import OutputTarget, SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
 # Typed-contents field per datatype (KServe v2: narrow integers travel widened). FP16 and BF16
@@ -95,8 +96,9 @@ def params_to_pb(values: Mapping[str, Any], m: MutableMapping[str, Any]) -> None
 # ---- requests -------------------------------------------------------------------------------
 
 def decode_infer_request(msg: Message, deadline_us: int = 0,
-                         shm: SharedMemoryRegistry | None = None) -> InferRequest:
-    """ModelInferRequest -> InferRequest; raises GatewayError(INVALID_ARGUMENT) on malformed input.
+                         shm: SharedMemoryRegistry | None = None) -> tuple[InferRequest, EncodePlan | None]:
+    """ModelInferRequest -> (InferRequest, how to encode its answer: None when no output has
+    parameters); raises GatewayError(INVALID_ARGUMENT) on malformed input.
 
     ``deadline_us`` is what is left of the client's gRPC deadline (0: none). The Triton
     ``timeout`` parameter (microseconds) also bounds the request; the tighter of the two wins.
@@ -159,7 +161,7 @@ def decode_infer_request(msg: Message, deadline_us: int = 0,
 
     outputs: list[str] | None = None
     output_parameters: dict[str, dict[str, Any]] | None = None
-    shm_outputs: dict[str, Any] | None = None
+    shm_outputs: dict[str, OutputTarget] | None = None
     if msg.outputs:
         outputs = []
         for o in msg.outputs:
@@ -175,7 +177,7 @@ def decode_infer_request(msg: Message, deadline_us: int = 0,
                         shm_outputs = {}
                     shm_outputs[o.name] = shm.output_target(o.name, p)
 
-    return InferRequest(
+    request = InferRequest(
         model_name=msg.model_name,
         model_version=msg.model_version,
         inputs=inputs,
@@ -183,9 +185,10 @@ def decode_infer_request(msg: Message, deadline_us: int = 0,
         id=msg.id,
         parameters=parameters,
         timeout_us=timeout_us,
-        output_parameters=output_parameters,
-        shm_outputs=shm_outputs,
     )
+    if output_parameters is None:
+        return request, None
+    return request, EncodePlan(shm=shm_outputs, output_parameters=output_parameters)
 
 
 def _from_raw(name: str, datatype: str, dtype: np.dtype, shape: tuple[int, ...], count: int,

@@ -1,9 +1,10 @@
-"""DataPlane dicts -> protobuf for the gRPC control RPCs (metadata, config, statistics, index).
+"""KServe v2 / Triton JSON documents -> protobuf for the gRPC control RPCs (metadata, config,
+statistics, index).
 
-The data plane answers these in the KServe v2 / Triton JSON shapes that the HTTP front sends
-as they are. Their keys are the protobuf field names, so the statistics, config and index
-messages are filled by ``json_format.ParseDict``: one conversion to keep right instead of a
-hand-written copy of each structure. These RPCs are off the hot path (perf_analyzer asks for
+The documents are the ones the HTTP front sends as they are (``gateway.front.model_docs``, and
+the data plane's server metadata and repository index). Their keys are the protobuf field names,
+so the statistics, config and index messages are filled by ``json_format.ParseDict``: one
+conversion to keep right instead of a hand-written copy of each structure. These RPCs are off the hot path (perf_analyzer asks for
 metadata and config once), so the generic converter's cost does not matter.
 
 ``ignore_unknown_fields``: the config JSON carries Triton fields that our model_config.proto

@@ -3,7 +3,7 @@
 It runs on the same event loop as the HTTP front and shares everything below decode with it.
 Wire compatibility with Triton's clients comes from ``proto/`` (see tests/test_grpc_proto.py).
 
-- Errors: a ``GatewayError`` aborts the call with the gRPC status that ``gateway.errors`` maps
+- Errors: a ``GatewayError`` aborts the call with the gRPC status that ``gateway.front.status`` maps
   its code to; the message names the culprit.
 - Deadlines: what is left of the client's deadline becomes ``InferRequest.timeout_us``, so an
   expired request leaves the batch queue before compute (DEADLINE_EXCEEDED).
@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from gateway.dataplane import DataPlane
-from gateway.errors import Code, GatewayError, grpc_status_name
+from gateway.errors import Code, GatewayError
 from gateway.front.grpc.codec import decode_infer_request, encode_infer_response
 from gateway.front.grpc.meta import (
     model_config_to_pb,
@@ -37,6 +37,8 @@ from gateway.front.grpc.meta import (
     server_metadata_to_pb,
 )
 from gateway.front.grpc.stream import serve_stream
+from gateway.front.model_docs import model_config, model_metadata, model_statistics
+from gateway.front.status import grpc_status_name
 from gateway.pb import Message, add_servicer
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
@@ -103,27 +105,28 @@ class InferenceServicer:
 
     @aborts_on_error
     async def ModelMetadata(self, request: Any, context: Any) -> Message:
-        return model_metadata_to_pb(self._dp.model_metadata(request.name, request.version))
+        mv = self._dp.model_version(request.name, request.version)
+        return model_metadata_to_pb(model_metadata(mv, self._dp.version_labels(request.name)))
 
     @aborts_on_error
     async def ModelConfig(self, request: Any, context: Any) -> Message:
-        return model_config_to_pb(self._dp.model_config(request.name, request.version))
+        return model_config_to_pb(model_config(self._dp.model_version(request.name, request.version)))
 
     @aborts_on_error
     async def ModelStatistics(self, request: Any, context: Any) -> Message:
-        return model_statistics_to_pb(self._dp.model_statistics(request.name, request.version))
+        return model_statistics_to_pb(model_statistics(self._dp.model_totals(request.name, request.version)))
 
     # ---- inference -------------------------------------------------------------------------
     async def ModelInfer(self, request: Message, context: Any) -> Message:
         size = 0
-        infer_request = None
+        infer_request = plan = None
         try:
-            infer_request = decode_infer_request(request, deadline_us(context), self._dp.shm)
+            infer_request, plan = decode_infer_request(request, deadline_us(context), self._dp.shm)
             size = self._budget.take(infer_request)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True)
-            if infer_request.shm_outputs is not None:
-                return encode_infer_response(response, write_outputs(response.outputs, infer_request.shm_outputs))
+            if plan is not None and plan.shm is not None:
+                return encode_infer_response(response, write_outputs(response.outputs, plan.shm))
             return encode_infer_response(response)
         except GatewayError as exc:
             if infer_request is None:  # not decoded (the data plane counts its own rejections and failures)
@@ -138,7 +141,7 @@ class InferenceServicer:
         # it chains the error (and its traceback, whose frames hold the request and numpy views
         # of its bytes) to grpc's AbortError, a reference cycle only the collector frees. With
         # large messages that kept ~2 copies of every rejected 60 MiB request alive.
-        del request, infer_request
+        del request, infer_request, plan
         await context.abort(status, message)
         raise AssertionError("unreachable: abort raises")
 

@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.front.grpc.codec import decode_infer_request, encode_infer_response
 from gateway.pb import Message
 from gateway.pb import service as pb
-from gateway.shm import write_outputs
+from gateway.shm import OutputTarget, write_outputs
 from gateway.types import InferResponse
 
 _StreamResponse = pb.ModelStreamInferResponse
@@ -75,8 +75,8 @@ class _Stream:
         self.tickets[seq] = None  # placeholder: done may run before submit returns
         req = None
         try:
-            req = decode_infer_request(msg, 0, self.dp.shm)
-            shm = req.shm_outputs
+            req, plan = decode_infer_request(msg, 0, self.dp.shm)
+            shm = plan.shm if plan is not None else None
             self.sizes[seq] = self.budget.take(req)
             ticket = self.dp.submit(req, lambda r, e: self.done(seq, msg, r, e, shm))
         except Exception as exc:  # every request gets its answer; the stream goes on
@@ -94,7 +94,7 @@ class _Stream:
             self.tickets[seq] = ticket
 
     def done(self, seq: int, msg: Message, resp: InferResponse | None,
-             err: GatewayError | None, shm: dict[str, Any] | None = None) -> None:
+             err: GatewayError | None, shm: dict[str, OutputTarget] | None = None) -> None:
         self.budget.give(self.sizes.pop(seq, 0))
         if self.tickets.pop(seq, _GONE) is _GONE:
             return  # already answered or the stream is gone

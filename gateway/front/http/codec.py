@@ -20,20 +20,23 @@ import orjson
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
+from gateway.front.plan import EncodePlan
 from gateway.pipeline.validate import MAX_NEST_DEPTH, check_shape
 from gateway.shm import REGION as SHM_REGION
-from gateway.shm import SharedMemoryRegistry
+from gateway.shm import OutputTarget, SharedMemoryRegistry
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest, InferResponse, numpy_to_datatype
 
 _loads = orjson.loads
 _dumps = orjson.dumps
 _NUMPY_OPT = orjson.OPT_SERIALIZE_NUMPY
+_BINARY_ALL = EncodePlan(frozenset(["*"]))  # parameters.binary_data_output without an outputs list
 
 
 def decode_infer(body: bytes, header_length: int, model: str, version: str,
-                 shm: SharedMemoryRegistry | None = None) -> InferRequest:
+                 shm: SharedMemoryRegistry | None = None) -> tuple[InferRequest, EncodePlan | None]:
     """Parse an infer request body. ``header_length`` < 0: all JSON; else the binary extension.
-    ``shm``: the registered shared-memory regions (None: none served)."""
+    ``shm``: the registered shared-memory regions (None: none served). Returns the request and how
+    to encode its answer (None: all outputs as JSON)."""
     if header_length >= 0:
         if header_length > len(body):
             raise invalid(f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)")
@@ -89,10 +92,9 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str,
             req.timeout_us = t
     outputs = obj.get("outputs")
     if outputs is not None:
-        _decode_outputs(req, outputs, binary_all, shm)
-    elif binary_all:
-        req.binary_outputs = frozenset(["*"])
-    return req
+        req.outputs, plan = _decode_outputs(outputs, binary_all, shm)
+        return req, plan
+    return req, _BINARY_ALL if binary_all else None
 
 
 def _decode_input(inp: dict[str, Any], i: int, body: bytes, offset: int,
@@ -191,12 +193,13 @@ def _regular_leaves(name: str, data: Any) -> list[str]:
     return level
 
 
-def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: SharedMemoryRegistry | None) -> None:
+def _decode_outputs(outputs: Any, binary_all: bool,
+                    shm: SharedMemoryRegistry | None) -> tuple[list[str], EncodePlan | None]:
     if not isinstance(outputs, list):
         raise invalid("'outputs' must be a list")
     names: list[str] = []
     binary: set[str] = set()
-    targets: dict[str, Any] | None = None
+    targets: dict[str, OutputTarget] | None = None
     for j, out in enumerate(outputs):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
             raise invalid(f"outputs[{j}] needs a string 'name'")
@@ -212,7 +215,7 @@ def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: Shar
                 if shm is None:
                     raise invalid(f"output '{name}': shared memory is not served here")
                 if targets is None:
-                    targets = req.shm_outputs = {}
+                    targets = {}
                 targets[name] = shm.output_target(name, p)
                 continue
             flag = p.get("binary_data")
@@ -220,9 +223,9 @@ def _decode_outputs(req: InferRequest, outputs: Any, binary_all: bool, shm: Shar
                 binary.add(name)
         elif binary_all:
             binary.add(name)
-    req.outputs = names
-    if binary:
-        req.binary_outputs = frozenset(binary)
+    if binary or targets is not None:
+        return names, EncodePlan(frozenset(binary) if binary else None, targets)
+    return names, None
 
 
 # Byte fragments that repeat in every response, cached: the JSON fast path assembles a response

@@ -14,6 +14,7 @@ import orjson
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError, invalid
+from gateway.front.model_docs import model_config, model_metadata, model_statistics
 from gateway.shm import SharedMemoryRegistry
 
 Doc = tuple[int, Any]
@@ -45,23 +46,23 @@ def route_get(dp: DataPlane, path: str) -> Doc:
     if parts == ["v2"]:
         return 200, dp.server_metadata()
     if parts == ["v2", "models", "stats"]:
-        return 200, dp.model_statistics()
+        return 200, model_statistics(dp.model_totals())
     mp = _model_path(parts)
     if mp is not None:
         if "/versions//" in path:  # not the default version: a client that meant one lost it
             raise invalid(f"empty version segment in {path}")
         name, version, rest = mp
         if not rest:
-            return 200, dp.model_metadata(name, version)
+            return 200, model_metadata(dp.model_version(name, version), dp.version_labels(name))
         if rest == ["ready"]:
             if dp.model_ready(name, version):
                 return 200, None
-            dp.model_metadata(name, version)  # 404 for an unknown model, else:
+            dp.model_version(name, version)  # 404 for an unknown model, else:
             raise GatewayError(Code.UNAVAILABLE, f"model '{name}' is not ready")
         if rest == ["config"]:
-            return 200, dp.model_config(name, version)
+            return 200, model_config(dp.model_version(name, version))
         if rest == ["stats"]:
-            return 200, dp.model_statistics(name, version)
+            return 200, model_statistics(dp.model_totals(name, version))
     if len(parts) >= 3 and parts[0] == "v2" and parts[-1] == "status" and parts[1] in _SHM_KINDS:
         # v2/{system,cuda}sharedmemory[/region/NAME]/status
         region = _shm_region(parts)

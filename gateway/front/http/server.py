@@ -26,10 +26,12 @@ from urllib.parse import unquote
 import httptools
 
 from gateway.dataplane import DataPlane
-from gateway.errors import Code, GatewayError, http_status
+from gateway.errors import Code, GatewayError
 from gateway.front.http.codec import decode_infer, dumps, encode_infer
 from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
 from gateway.front.http.routes import route_get, route_post_admin, route_post_now
+from gateway.front.plan import EncodePlan
+from gateway.front.status import http_status
 from gateway.observe.metrics import render_metrics
 from gateway.settings import ServerSettings
 from gateway.shm import write_outputs
@@ -97,34 +99,37 @@ _BIN_CL = b"content-type: application/octet-stream\r\ninference-header-content-l
 class _Call:
     """The callback of one in-flight infer request: encode and write in request order."""
 
-    __slots__ = ("proto", "seq", "binary", "keep_alive", "shm", "accept")
+    __slots__ = ("proto", "seq", "plan", "keep_alive", "accept")
 
-    def __init__(self, proto: HttpProtocol, seq: int, binary: frozenset[str] | None, keep_alive: bool,
-                 shm: dict[str, Any] | None = None, accept: bytes | None = None) -> None:
+    def __init__(self, proto: HttpProtocol, seq: int, plan: EncodePlan | None, keep_alive: bool,
+                 accept: bytes | None = None) -> None:
         self.proto = proto
         self.seq = seq
-        self.binary = binary
+        self.plan = plan  # binary outputs and shared-memory targets, as decoded (None: all JSON)
         self.keep_alive = keep_alive
-        self.shm = shm  # outputs to write into shared memory (request.shm_outputs)
         self.accept = accept  # the request's Accept-Encoding, if it sent one
 
     def done(self, resp: InferResponse | None, err: GatewayError | None) -> None:
         proto = self.proto
         proto._tickets.pop(self.seq, None)
+        plan = self.plan
+        binary: frozenset[str] | None = None
         written = None
-        if err is None and self.shm is not None:
-            try:
-                written = write_outputs(resp.outputs, self.shm)  # type: ignore[union-attr]
-            except GatewayError as exc:
-                err = exc
-            except Exception as exc:
-                log.exception("writing outputs into shared memory failed")
-                err = GatewayError(Code.INTERNAL, f"cannot write outputs into shared memory: {exc}")
+        if plan is not None:
+            binary = plan.binary
+            if err is None and plan.shm is not None:
+                try:
+                    written = write_outputs(resp.outputs, plan.shm)  # type: ignore[union-attr]
+                except GatewayError as exc:
+                    err = exc
+                except Exception as exc:
+                    log.exception("writing outputs into shared memory failed")
+                    err = GatewayError(Code.INTERNAL, f"cannot write outputs into shared memory: {exc}")
         if err is not None:
             data = error_response(err, not self.keep_alive)
         else:
             try:
-                body, hlen = encode_infer(resp, self.binary, written)  # type: ignore[arg-type]
+                body, hlen = encode_infer(resp, binary, written)  # type: ignore[arg-type]
             except Exception as exc:  # an output we cannot serialise must not kill the connection
                 log.exception("encoding response failed")
                 data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"),
@@ -482,8 +487,8 @@ class HttpProtocol(asyncio.Protocol):
                 if route is not None:
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
-                    req = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
-                    call = _Call(self, seq, req.binary_outputs, keep_alive, req.shm_outputs, accept)
+                    req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
+                    call = _Call(self, seq, plan, keep_alive, accept)
                     self._tickets[seq] = self._dataplane.submit(req, call.done)
                     if len(self._tickets) >= self._max_pipelined:
                         self._pause_reading()
