@@ -31,7 +31,7 @@ from gateway.observe.stats import Totals
 from gateway.pipeline.route import ModelRoute, Router
 from gateway.pipeline.target import Done, Ticket
 from gateway.pipeline.traffic import TrafficControl
-from gateway.repository.registry import ModelRegistry
+from gateway.repository.registry import ModelRegistry, ModelVersion
 from gateway.shm import SharedMemoryRegistry
 from gateway.types import InferRequest, InferResponse
 

@@ -19,6 +19,7 @@ class Code(enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"
     UNIMPLEMENTED = "unimplemented"
+    UNAUTHENTICATED = "unauthenticated"
     INTERNAL = "internal"
 
 

@@ -100,6 +100,11 @@ def put_policy(c: Client, model: str, doc: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def metrics(c: Client) -> str:
+    c.conn.request("GET", "/metrics")
+    return c.conn.getresponse().read().decode()
+
+
 def binomial_999(n: int, p: float) -> tuple[float, float]:
     half = 3.29 * math.sqrt(p * (1 - p) / n)
     return p - half, p + half
@@ -222,10 +227,7 @@ def test_shadow_answers_from_the_primary_and_compares(gw: ServerThread) -> None:
     time.sleep(0.2)
     snap = c.call("GET", "/v2/admin/models/mlp/traffic", headers=AUTH)[2]["shadow"]["by_primary"]["1"]
     assert snap["compared"] >= 190 and snap["agreement_rate"] < 0.9 and snap["max_abs_diff"] > 0
-    _, _, metrics = c.conn.request("GET", "/metrics") or (None, None, None)
-    r = c.conn.getresponse()
-    text = r.read().decode()
-    assert 'gateway_shadow_compared_total{model="mlp",primary="1",shadow="2"}' in text
+    assert 'gateway_shadow_compared_total{model="mlp",primary="1",shadow="2"}' in metrics(c)
     c.close()
 
 
@@ -255,7 +257,7 @@ def test_guard_rolls_a_failing_canary_back(gw: ServerThread) -> None:
     for i in range(300):
         status, _, body = c.infer("canary", [3.0, 0, 0, 0] if i % 3 == 0 else [0.5, 0, 0, 0])
         assert status == 200 and body["model_version"] == "1"
-    c.call("GET", "/metrics")
+    assert 'gateway_traffic_rollbacks_total{kind="guard",model="canary",version="2"} 1.0' in metrics(c)
     c.close()
 
 
@@ -328,8 +330,7 @@ def test_outcomes_are_credited_to_the_arm_that_answered(gw: ServerThread) -> Non
         got = conv["arms"][arm]
         assert got["ci"][0] <= p <= got["ci"][1] and abs(got["mean"] - p) < 0.05
     assert conv["vs_stable"]["2"]["verdict"] in ("inconclusive", "better")  # never "worse" on this data
-    c.conn.request("GET", "/metrics")
-    text = c.conn.getresponse().read().decode()
+    text = metrics(c)
     assert 'gateway_outcome_count_total{arm="2",metric="conversion",model="mlp"}' in text
     assert 'gateway_outcome_unattributed_total{model="mlp"} 1.0' in text
     c.close()

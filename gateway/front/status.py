@@ -19,6 +19,7 @@ _TABLE: dict[Code, tuple[int, str, str]] = {
     # 499 is nginx's "client closed request"; nobody reads it (the client left), but logs do.
     Code.CANCELLED: (499, "Client Closed Request", "CANCELLED"),
     Code.UNIMPLEMENTED: (501, "Not Implemented", "UNIMPLEMENTED"),
+    Code.UNAUTHENTICATED: (401, "Unauthorized", "UNAUTHENTICATED"),
     Code.INTERNAL: (500, "Internal Server Error", "INTERNAL"),
 }
 

@@ -83,6 +83,14 @@ def aborts_on_error(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     return rpc
 
 
+def sticky_metadata(context: Any, key: str) -> dict[str, str] | None:
+    """The sticky key's value from the call's metadata (keys arrive lowercase), if sent."""
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return {key: v if isinstance(v, str) else v.decode("latin-1")}
+    return None
+
+
 class InferenceServicer:
     """One method per RPC; each is a thin adapter: decode, call the data plane, encode."""
 
@@ -123,8 +131,16 @@ class InferenceServicer:
         try:
             infer_request, plan = decode_infer_request(request, deadline_us(context), self._dp.shm)
             size = self._budget.take(infer_request)
+            route = self._dp.route_of(infer_request.model_name)
+            keys = None
+            if route is not None and route.arms:  # a traffic policy: sticky key from metadata, arm in trailers
+                if route.sticky_key:
+                    keys = sticky_metadata(context, route.sticky_key)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
-            response = await self._dp.infer(infer_request, eager=True)
+            response = await self._dp.infer(infer_request, eager=True, keys=keys)
+            if route is not None and route.arms:
+                context.set_trailing_metadata(
+                    (("x-gateway-arm", "pinned" if infer_request.model_version else response.model_version),))
             if plan is not None and plan.shm is not None:
                 return encode_infer_response(response, write_outputs(response.outputs, plan.shm))
             return encode_infer_response(response)

@@ -27,6 +27,7 @@ import httptools
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.front.http.admin import check_token, is_admin_path, route_admin, route_outcomes
 from gateway.front.http.codec import decode_infer, dumps, encode_infer
 from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
 from gateway.front.http.routes import route_get, route_post_admin, route_post_now
@@ -65,6 +66,8 @@ def build_response(status: int, body: bytes, content_type: bytes = _JSON, extra:
 def error_response(err: GatewayError, close: bool = False) -> bytes:
     status, _ = http_status(err.code)
     extra = f"retry-after: {err.retry_after_s}\r\n".encode() if err.retry_after_s is not None else b""
+    if err.code is Code.UNAUTHENTICATED:
+        extra += b'www-authenticate: Bearer realm="gateway admin"\r\n'
     return build_response(status, dumps({"error": err.message}), extra=extra, close=close)
 
 
@@ -76,6 +79,7 @@ class _Stop(Exception):
 _IDLE, _HEAD, _BODY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RETRY = b"retry-after: 1\r\n"
+_ARM_PINNED = b"x-gateway-arm: pinned\r\n"
 
 
 def connection_cap(settings: ServerSettings) -> int:
@@ -99,10 +103,11 @@ _BIN_CL = b"content-type: application/octet-stream\r\ninference-header-content-l
 class _Call:
     """The callback of one in-flight infer request: encode and write in request order."""
 
-    __slots__ = ("proto", "seq", "plan", "keep_alive", "accept")
+    __slots__ = ("proto", "seq", "plan", "keep_alive", "accept", "arm")
 
     def __init__(self, proto: HttpProtocol, seq: int, plan: EncodePlan | None, keep_alive: bool,
                  accept: bytes | None = None) -> None:
+        self.arm = 0  # 0: no traffic policy; 1: name the version that answered; 2: the client pinned it
         self.proto = proto
         self.seq = seq
         self.plan = plan  # binary outputs and shared-memory targets, as decoded (None: all JSON)
@@ -138,6 +143,9 @@ class _Call:
                 close = b"" if self.keep_alive else b"connection: close\r\n"
                 if self.accept is not None:  # compressed, and content-encoding put before `close`
                     body, close = encode_body(body, self.accept, close)
+                if self.arm:
+                    close = (_ARM_PINNED if self.arm == 2 else
+                             b"x-gateway-arm: " + resp.model_version.encode() + b"\r\n") + close  # type: ignore[union-attr]
                 if hlen < 0:
                     data = b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
                 else:
@@ -259,11 +267,12 @@ class HttpProtocol(asyncio.Protocol):
                  "_expect_continue", "_continue_due", "_seq", "_next_write", "_parked", "_tickets", "_closing",
                  "_paused", "last_active", "_dataplane", "_max_body", "_max_head", "_max_pipelined", "_phase",
                  "_since", "_head_raw", "_reserve", "_content_encoding",
-                 "_accept_encoding")
+                 "_accept_encoding", "_router", "_sticky", "_auth")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self._dataplane = front.dataplane
+        self._router = front.dataplane.router
         self._max_body = front.settings.max_body_bytes
         self._max_head = front.settings.max_header_bytes
         self._max_pipelined = front.settings.max_pipelined_requests
@@ -289,6 +298,8 @@ class HttpProtocol(asyncio.Protocol):
         self._reserve = False  # from the health reserve: health and /metrics only
         self._content_encoding: bytes | None = None
         self._accept_encoding: bytes | None = None
+        self._sticky: dict[str, str] | None = None  # headers some model's sticky_key names
+        self._auth: bytes | None = None  # Authorization, kept for the admin routes
 
     # ---- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -427,6 +438,15 @@ class HttpProtocol(asyncio.Protocol):
                 self._content_encoding = value
             elif lname == b"accept-encoding":
                 self._accept_encoding = value
+        elif size == 13 and name.lower() == b"authorization":
+            self._auth = value
+        sticky = self._router.sticky_sizes  # empty unless some model's policy reads a header
+        if sticky and size in sticky:
+            lname = name.lower()
+            if lname in self._router.sticky_headers:
+                if self._sticky is None:
+                    self._sticky = {}
+                self._sticky[lname.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
@@ -469,6 +489,8 @@ class HttpProtocol(asyncio.Protocol):
         url = self._url
         header_len = self._header_len
         accept = self._accept_encoding
+        sticky = self._sticky
+        auth = self._auth
         # Reset per-message state here rather than in on_message_begin: one callback less per request.
         self._url = b""
         self._body = []
@@ -478,6 +500,10 @@ class HttpProtocol(asyncio.Protocol):
         self._phase = _IDLE
         self._continue_due = False
         self._accept_encoding = None
+        if sticky is not None:
+            self._sticky = None
+        if auth is not None:  # never carried over to the connection's next request
+            self._auth = None
         route = req = None
         try:
             if self._content_encoding is not None:  # only requests that sent one pay for decoding
@@ -489,11 +515,14 @@ class HttpProtocol(asyncio.Protocol):
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
                     call = _Call(self, seq, plan, keep_alive, accept)
-                    self._tickets[seq] = self._dataplane.submit(req, call.done)
+                    r = self._router.table.get(req.model_name)
+                    if r is not None and r.arms:  # a traffic policy: say which arm answered
+                        call.arm = 2 if req.model_version else 1
+                    self._tickets[seq] = self._dataplane.submit(req, call.done, False, sticky)
                     if len(self._tickets) >= self._max_pipelined:
                         self._pause_reading()
                     return
-            data = self._handle_other(seq, method, url, body, keep_alive)
+            data = self._handle_other(seq, method, url, body, keep_alive, auth)
         except UnsupportedEncoding as exc:
             data = build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
                                   extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
@@ -547,9 +576,14 @@ class HttpProtocol(asyncio.Protocol):
             self._resume_reading()
 
     # ---- everything else ---------------------------------------------------------------------
-    def _handle_other(self, seq: int, method: bytes, url: bytes, body: bytes, keep_alive: bool) -> bytes | None:
+    def _handle_other(self, seq: int, method: bytes, url: bytes, body: bytes, keep_alive: bool,
+                      auth: bytes | None = None) -> bytes | None:
         path = url.split(b"?", 1)[0].decode("latin-1")
         close = not keep_alive
+        if path.startswith("/v2/admin/") or path.endswith("/outcomes"):
+            doc = self._admin(method.decode("latin-1"), path, body, auth)
+            if doc is not None:
+                return build_response(doc[0], dumps(doc[1]), close=close)
         if method == b"GET" or method == b"HEAD":
             if path == "/metrics":
                 text = render_metrics(self.front.metrics_registry)
@@ -562,12 +596,25 @@ class HttpProtocol(asyncio.Protocol):
             if now is not None:  # answered at once, so a pipelined request after it sees its effect
                 status, doc = now
                 return build_response(status, b"" if doc is None else dumps(doc), close=close)
+            token = self.front.settings.admin_token
+            if token and path.startswith("/v2/repository/models/"):  # load/unload obey the admin token
+                check_token(token, auth)
             coro = route_post_admin(self._dataplane, path, body)
             if coro is None:
                 raise GatewayError(Code.NOT_FOUND, f"no route for POST {path}")
             self._spawn_admin(seq, coro, close)
             return None
         raise GatewayError(Code.NOT_FOUND, f"no route for {method.decode('latin-1')} {path}")
+
+    def _admin(self, method: str, path: str, body: bytes, auth: bytes | None) -> tuple[int, Any] | None:
+        """Traffic admin and outcome feedback (``front.http.admin``); None: not one of those routes."""
+        parts = [p for p in path.split("/") if p]
+        token = self.front.settings.admin_token
+        if is_admin_path(parts):
+            return route_admin(self._dataplane, token, method, parts, body, auth)
+        if method == "POST" and len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "outcomes":
+            return route_outcomes(self._dataplane, token, unquote(parts[2]), body, auth)
+        return None
 
     def _spawn_admin(self, seq: int, coro: Any, close: bool) -> None:
         """Repository calls are slow (model loads): run them as tasks, answer in order."""
