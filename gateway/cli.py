@@ -1,4 +1,5 @@
-"""The ``gateway`` command: ``serve`` (the server) and ``loadtest`` (the load generator)."""
+"""The ``gateway`` command: ``serve`` (the server), ``loadtest`` (the load generator) and ``admin``
+(traffic policies on a running server)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import os
 import sys
 
-from gateway import __version__
+from gateway import __version__, admin_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,11 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     sub.add_parser("loadtest", help="load-test any KServe v2 server (see `gateway loadtest --help`)")
+    admin_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="the demo models (generated in code)")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)
     export = demo_sub.add_parser("export", help="write the demo repository to DIR (Triton layout)")
     export.add_argument("dir", help="target directory (created; existing demo models are overwritten)")
     args = parser.parse_args(argv)
+    if args.command == "admin":
+        return admin_cli.run(args)
     if args.command == "demo":
         from gateway.demo import build_demo_repository
 

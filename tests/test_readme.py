@@ -105,7 +105,8 @@ def shorter(cmd: str, http: int) -> str:
 @pytest.fixture(scope="module")
 def demo_server() -> Iterator[tuple[int, int]]:
     # --allow-client-shm: the shared-memory snippet says to start the server with it
-    with demo_process("--allow-client-shm") as (_, http_port, grpc_port):
+    # the token: the version-routing snippet says to start the server with it
+    with demo_process("--allow-client-shm", GATEWAY_ADMIN_TOKEN="change-me") as (_, http_port, grpc_port):
         yield http_port, grpc_port
 
 
@@ -146,7 +147,13 @@ def check_toml(text: str, where: str, tmp: Path) -> None:
 
     data = tomllib.loads(text)
     if "config.toml" in text.splitlines()[0]:  # a model's config.toml
+        from gateway.pipeline.policy import parse_policy
+
+        traffic = data.pop("traffic", None)
         parse_config("mlp", data)
+        if traffic is not None:
+            parse_policy(traffic)
+        data = data or {"traffic": traffic}
     else:  # a server settings file
         f = tmp / "settings.toml"
         f.write_text(text)
