@@ -397,7 +397,8 @@ def test_grpc_answers_say_which_arm_and_read_the_sticky_key(gw: ServerThread) ->
     # the arm in trailing metadata (tritonclient does not expose trailers: ask with grpc directly)
     import grpc
 
-    from gateway.pb import Stub, service as pb
+    from gateway.pb import Stub
+    from gateway.pb import service as pb
 
     with grpc.insecure_channel(f"127.0.0.1:{gw.grpc_port}") as ch:
         req = pb.ModelInferRequest(model_name="mlp")

@@ -133,9 +133,8 @@ class InferenceServicer:
             size = self._budget.take(infer_request)
             route = self._dp.route_of(infer_request.model_name)
             keys = None
-            if route is not None and route.arms:  # a traffic policy: sticky key from metadata, arm in trailers
-                if route.sticky_key:
-                    keys = sticky_metadata(context, route.sticky_key)
+            if route is not None and route.arms and route.sticky_key:  # a policy reading a sticky key
+                keys = sticky_metadata(context, route.sticky_key)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True, keys=keys)
             if route is not None and route.arms:

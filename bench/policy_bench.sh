@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# What a traffic policy costs on the HTTP hot path: the demo mlp (batch-1 JSON) at one concurrency,
+# with no policy vs a 95/5 split with sticky keys (every request carries an x-user-id header, in both
+# runs, so only the routing differs), alternated ROUNDS times in one run on one gateway.
+#   bench/policy_bench.sh [SECONDS=5] [CONCURRENCY=64] [ROUNDS=3]
+# wrk, the gateway and this script share the machine's cores: compare the ratio, not the rates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+conc=${2:-64}
+rounds=${3:-3}
+py=${PYTHON:-python3}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+gw_port=$(port); grpc_port=$(port)
+token=bench-token
+GATEWAY_ADMIN_TOKEN=$token GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --demo --http-port "$gw_port" \
+  --grpc-port "$grpc_port" >/tmp/bench_policy_gw.log 2>&1 &
+gw=$!
+lua=$(mktemp --suffix=.lua)
+trap 'kill $gw 2>/dev/null || true; wait 2>/dev/null; rm -f "$lua"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/v2/health/ready" >/dev/null && break; sleep 0.3; done
+data=$("$py" -c "import random; random.seed(7); print(','.join(f'{random.uniform(-1,1):.6f}' for _ in range(64)))")
+cat > "$lua" <<LUA
+local body = '{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,64],"data":[$data]}]}'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/v2/models/mlp/infer",
+    {["Content-Type"] = "application/json", ["x-user-id"] = "user-" .. (n % 10007)}, body)
+end
+LUA
+policy() {
+  curl -sf -X PUT "http://127.0.0.1:$gw_port/v2/admin/models/mlp/traffic" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -d "$1" >/dev/null
+}
+run() {
+  out=$(wrk -t 2 -c "$conc" -d "${secs}s" --latency -s "$lua" "http://127.0.0.1:$gw_port/v2/models/mlp/infer")
+  bad=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
+  [[ -z $bad ]] || { echo "non-2xx answers: $bad" >&2; exit 1; }
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+run >/dev/null  # warm-up
+printf '%-6s %-14s %-14s %-s\n' round none/s split+sticky/s ratio
+sum_a=0; sum_b=0
+for r in $(seq "$rounds"); do
+  curl -sf -X PUT "http://127.0.0.1:$gw_port/v2/admin/models/mlp/traffic" -H "Authorization: Bearer $token" \
+    -H 'Content-Type: application/json' -d '{}' >/dev/null || true
+  a=$(run)
+  policy '{"weights": {"1": 95, "2": 5}, "sticky_key": "x-user-id"}'
+  b=$(run)
+  sum_a=$(awk -v s="$sum_a" -v x="$a" 'BEGIN {print s + x}'); sum_b=$(awk -v s="$sum_b" -v x="$b" 'BEGIN {print s + x}')
+  printf '%-6s %-14s %-14s %.3f\n' "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')"
+done
+printf '%-6s %-14s %-14s %.3f\n' all "$sum_a" "$sum_b" "$(awk -v a="$sum_a" -v b="$sum_b" 'BEGIN {print b / a}')"
