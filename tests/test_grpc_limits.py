@@ -67,7 +67,10 @@ class HoldingDataPlane:
         self.release = asyncio.Event()
         self.held = 0
 
-    async def infer(self, request: InferRequest, eager: bool = False) -> InferResponse:
+    def route_of(self, model: str) -> None:
+        return None  # no traffic policy
+
+    async def infer(self, request: InferRequest, eager: bool = False, keys: object = None) -> InferResponse:
         self.held += 1
         await self.release.wait()
         return InferResponse(request.model_name, "1", {"OUTPUT0": np.zeros((1, 1), np.float32)}, request.id)

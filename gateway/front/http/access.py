@@ -42,11 +42,11 @@ class _IdTap:
         self._proto = proto
         self._dp = dataplane
 
-    def submit(self, request: InferRequest, done: Any, eager: bool = False) -> Any:
+    def submit(self, request: InferRequest, done: Any, eager: bool = False, keys: Any = None) -> Any:
         current = self._proto._current
         if current is not None:
             current.request_id = request.id
-        return self._dp.submit(request, done, eager)
+        return self._dp.submit(request, done, eager, keys)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dp, name)
