@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What a traffic policy costs on the HTTP hot path: the demo mlp (batch-1 JSON) at one concurrency,
-# with no policy vs a 95/5 split with sticky keys (every request carries an x-user-id header, in both
-# runs, so only the routing differs), alternated ROUNDS times in one run on one gateway.
+# with no policy vs sticky-keyed policies (every request carries an x-user-id header in every run, so
+# only the routing differs), alternated ROUNDS times in one run on one gateway.
 #   bench/policy_bench.sh [SECONDS=5] [CONCURRENCY=64] [ROUNDS=3]
 # wrk, the gateway and this script share the machine's cores: compare the ratio, not the rates.
 set -euo pipefail
@@ -41,15 +41,22 @@ run() {
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 run >/dev/null  # warm-up
-printf '%-6s %-14s %-14s %-s\n' round none/s split+sticky/s ratio
-sum_a=0; sum_b=0
+# none: no policy (every request on version 2, the default); one-arm: the policy machinery (sticky
+# hashing, arm header) with all weight on version 2, so one model still serves; 95/5: a real canary,
+# which also runs a second model's batches for its 5 %.
+printf '%-6s %-12s %-12s %-12s %-10s %-s\n' round none/s one-arm/s 95/5/s one-arm 95/5
+sa=0; sb=0; sc=0
 for r in $(seq "$rounds"); do
-  curl -sf -X PUT "http://127.0.0.1:$gw_port/v2/admin/models/mlp/traffic" -H "Authorization: Bearer $token" \
-    -H 'Content-Type: application/json' -d '{}' >/dev/null || true
+  policy '{}'
   a=$(run)
-  policy '{"weights": {"1": 95, "2": 5}, "sticky_key": "x-user-id"}'
+  policy '{"weights": {"2": 100}, "sticky_key": "x-user-id"}'
   b=$(run)
-  sum_a=$(awk -v s="$sum_a" -v x="$a" 'BEGIN {print s + x}'); sum_b=$(awk -v s="$sum_b" -v x="$b" 'BEGIN {print s + x}')
-  printf '%-6s %-14s %-14s %.3f\n' "$r" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')"
+  policy '{"weights": {"1": 5, "2": 95}, "sticky_key": "x-user-id"}'
+  c=$(run)
+  sa=$(awk -v s="$sa" -v x="$a" 'BEGIN {print s + x}'); sb=$(awk -v s="$sb" -v x="$b" 'BEGIN {print s + x}')
+  sc=$(awk -v s="$sc" -v x="$c" 'BEGIN {print s + x}')
+  printf '%-6s %-12s %-12s %-12s %-10.3f %.3f\n' "$r" "$a" "$b" "$c" "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')" \
+    "$(awk -v a="$a" -v c="$c" 'BEGIN {print c / a}')"
 done
-printf '%-6s %-14s %-14s %.3f\n' all "$sum_a" "$sum_b" "$(awk -v a="$sum_a" -v b="$sum_b" 'BEGIN {print b / a}')"
+printf '%-6s %-12s %-12s %-12s %-10.3f %.3f\n' all "$sa" "$sb" "$sc" "$(awk -v a="$sa" -v b="$sb" 'BEGIN {print b / a}')" \
+  "$(awk -v a="$sa" -v c="$sc" 'BEGIN {print c / a}')"

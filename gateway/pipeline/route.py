@@ -7,8 +7,8 @@ traffic control on a policy change, guard verdict or rollout step) builds a new 
 swaps the dict reference: a request sees the old table or the new one, never a mix, and routing
 takes no lock.
 
-Sticky A/B: the key's value picks the arm by ``xxh3_64(model NUL key) / 2**64`` against the
-cumulative weights, so the same key lands on the same version on every replica and across
+Sticky A/B: the key's value picks the arm by ``xxh3_64(key, seed=xxh3_64(model)) / 2**64`` against
+the cumulative weights, so the same key lands on the same version on every replica and across
 restarts, and the shares still follow the weights. Canary arms come first on that line and the
 stable arm last, so raising a canary's weight only moves users from stable to the canary: nobody
 who already saw the canary flips back during a rollout. Without the key the split is random.
@@ -35,21 +35,25 @@ Remember = Callable[[str, str], None]
 """(request id, arm) for outcome attribution; called for policy-routed requests that carry an id."""
 
 
-def sticky_point(model: str, key: Any) -> float:
-    """Where a sticky key falls on [0, 1): the same on every replica, for every process."""
-    if isinstance(key, bytes):
-        data = key
-    elif isinstance(key, str):
-        data = key.encode()
-    else:
-        data = str(key).encode()
-    return xxh3_64_intdigest(model.encode() + b"\0" + data) * _SCALE
+def model_seed(model: str) -> int:
+    return xxh3_64_intdigest(model.encode())
+
+
+def sticky_point(model: str | int, key: Any) -> float:
+    """Where a sticky key falls on [0, 1): the same on every replica, for every process (no
+    per-process hash seed). ``model``: the model's name, or its ``model_seed``. A header's bytes and
+    the same text as a str (a request parameter, gRPC metadata) fall on the same point."""
+    seed = model if isinstance(model, int) else model_seed(model)
+    if not isinstance(key, bytes):
+        key = key.encode() if isinstance(key, str) else str(key).encode()
+    return xxh3_64_intdigest(key, seed) * _SCALE
 
 
 class ModelRoute:
     """One model's entry in the routing table. Immutable once published."""
 
-    __slots__ = ("name", "targets", "default", "arms", "arm_targets", "cum", "sticky_key", "remember", "policy")
+    __slots__ = ("name", "seed", "targets", "default", "arms", "arm_targets", "cum", "sticky_key", "remember",
+                 "policy")
 
     def __init__(self, name: str, targets: Mapping[str, Target], default: str,
                  arms: Mapping[str, float] | None = None, arm_targets: Mapping[str, Target] | None = None,
@@ -58,6 +62,7 @@ class ModelRoute:
         weight for unpinned requests (None: all to ``default``); ``arm_targets`` may wrap an arm
         (a shadow pair). ``policy``: what the admin API shows; not read here."""
         self.name = name
+        self.seed = model_seed(name)
         self.targets = dict(targets)
         self.default = default
         self.sticky_key = sticky_key
@@ -93,8 +98,9 @@ class Router:
     def __init__(self, miss: Miss) -> None:
         self.table: dict[str, ModelRoute] = {}
         self.miss = miss
-        self.sticky_headers: frozenset[bytes] = frozenset()
-        """Lowercase header names some model's policy reads (the HTTP front keeps only these)."""
+        self.sticky_headers: dict[bytes, str] = {}
+        """Lowercase header names some model's policy reads (the HTTP front keeps only these), to
+        the key name the router looks up."""
         self.sticky_sizes: frozenset[int] = frozenset()
 
     def publish(self, name: str, route: ModelRoute | None) -> None:
@@ -104,7 +110,7 @@ class Router:
             table.pop(name, None)
         else:
             table[name] = route
-        keys = frozenset(r.sticky_key.encode() for r in table.values() if r.sticky_key)
+        keys = {r.sticky_key.encode(): r.sticky_key for r in table.values() if r.sticky_key}
         self.table = table  # the atomic part: one reference
         self.sticky_headers = keys
         self.sticky_sizes = frozenset(len(k) for k in keys)
@@ -129,7 +135,14 @@ class Router:
                 key = keys.get(r.sticky_key)
             if key is None and request.parameters:
                 key = request.parameters.get(r.sticky_key)
-        i = bisect_right(r.cum, random() if key is None else sticky_point(r.name, key)) if r.cum else 0
+        if not r.cum:
+            i = 0
+        elif key is None:
+            i = bisect_right(r.cum, random())
+        else:
+            if not isinstance(key, bytes):
+                key = key.encode() if isinstance(key, str) else str(key).encode()
+            i = bisect_right(r.cum, xxh3_64_intdigest(key, r.seed) * _SCALE)
         if r.remember is not None and request.id:
             r.remember(request.id, r.arms[i])
         return r.arm_targets[i]
@@ -139,4 +152,4 @@ class Router:
         r = self.table.get(name)
         if r is None or not r.arms:
             return None
-        return r.arms[r.arm_at(sticky_point(name, key))]
+        return r.arms[r.arm_at(sticky_point(r.seed, key))]

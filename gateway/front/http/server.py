@@ -80,6 +80,16 @@ _IDLE, _HEAD, _BODY = 0, 1, 2
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RETRY = b"retry-after: 1\r\n"
 _ARM_PINNED = b"x-gateway-arm: pinned\r\n"
+_ARM_LINES: dict[str, bytes] = {}
+
+
+def _arm_line(version: str) -> bytes:
+    line = _ARM_LINES.get(version)
+    if line is None:
+        if len(_ARM_LINES) > 4096:  # versions are few; never let the cache grow with anything else
+            _ARM_LINES.clear()
+        line = _ARM_LINES[version] = b"x-gateway-arm: " + version.encode() + b"\r\n"
+    return line
 
 
 def connection_cap(settings: ServerSettings) -> int:
@@ -144,8 +154,7 @@ class _Call:
                 if self.accept is not None:  # compressed, and content-encoding put before `close`
                     body, close = encode_body(body, self.accept, close)
                 if self.arm:
-                    close = (_ARM_PINNED if self.arm == 2 else
-                             b"x-gateway-arm: " + resp.model_version.encode() + b"\r\n") + close  # type: ignore[union-attr]
+                    close = (_ARM_PINNED if self.arm == 2 else _arm_line(resp.model_version)) + close  # type: ignore[union-attr]
                 if hlen < 0:
                     data = b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
                 else:
@@ -298,7 +307,7 @@ class HttpProtocol(asyncio.Protocol):
         self._reserve = False  # from the health reserve: health and /metrics only
         self._content_encoding: bytes | None = None
         self._accept_encoding: bytes | None = None
-        self._sticky: dict[str, str] | None = None  # headers some model's sticky_key names
+        self._sticky: dict[str, bytes] | None = None  # headers some model's sticky_key names
         self._auth: bytes | None = None  # Authorization, kept for the admin routes
 
     # ---- connection ----------------------------------------------------------------------
@@ -442,11 +451,12 @@ class HttpProtocol(asyncio.Protocol):
             self._auth = value
         sticky = self._router.sticky_sizes  # empty unless some model's policy reads a header
         if sticky and size in sticky:
-            lname = name.lower()
-            if lname in self._router.sticky_headers:
+            key = self._router.sticky_headers.get(name.lower())
+            if key is not None:  # kept as bytes: the router hashes them as sent
                 if self._sticky is None:
-                    self._sticky = {}
-                self._sticky[lname.decode("latin-1")] = value.decode("latin-1")
+                    self._sticky = {key: value}
+                else:
+                    self._sticky[key] = value
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
