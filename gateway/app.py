@@ -67,7 +67,8 @@ class App:
             self.repository, backends=OnnxFactory(), strict_readiness=settings.strict_readiness,
             server_name=settings.server_name, shm=self.shm, repository_locked=locked, traffic_locked=traffic_locked,
             traffic=TrafficSettings(settings.traffic_tick_s, settings.shadow_max_outstanding,
-                                    settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s))
+                                    settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s,
+                                    settings.shadow_max_loop_busy))
         self.registry = pipeline.registry
         self.router = pipeline.router
         self.traffic = pipeline.traffic

@@ -97,6 +97,8 @@ class ServerSettings:
     """How often traffic guards sample each arm's counters, judge canaries and step rollouts."""
     shadow_max_outstanding: int = 64
     """Most mirrored (shadow) requests unanswered at once per arm; more are shed, never queued."""
+    shadow_max_loop_busy: float = 0.85
+    """Shadow copies stop while the event loop thread's CPU share is above this (resume 0.15 below)."""
     outcome_attribution_ids: int = 100_000
     """Request ids remembered per model for outcome attribution (~200 bytes each; the oldest go first)."""
     outcome_attribution_ttl_s: float = 3600.0
@@ -168,6 +170,8 @@ class ServerSettings:
                              f"({self.grpc_max_inflight_bytes} < {self.grpc_max_message_bytes})")
         if self.drain_s < 0 or self.shutdown_grace_s < 0:
             raise ValueError("settings drain_s and shutdown_grace_s must be >= 0")
+        if not 0 < self.shadow_max_loop_busy <= 1:
+            raise ValueError(f"setting shadow_max_loop_busy must be in (0, 1], got {self.shadow_max_loop_busy}")
         for name in ("traffic_tick_s", "outcome_attribution_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")

@@ -216,9 +216,10 @@ def test_shadow_answers_from_the_primary_and_compares(gw: ServerThread) -> None:
     view = wait_for(lambda: (lambda v: v if v["shadow"]["by_primary"]["1"]["compared"] >= 1 else None)(
         c.call("GET", "/v2/admin/models/mlp/traffic", headers=AUTH)[2]))
     mirrored = executions(gw, "mlp", "3") - before
-    lo, hi = binomial_999(n, 0.5)
-    assert lo * n <= mirrored <= hi * n, mirrored
     agree = view["shadow"]["by_primary"]["1"]
+    lo, hi = binomial_999(n, 0.5)  # sampled for mirroring: computed, or shed if the loop was saturated
+    assert lo * n <= mirrored + agree["shed"] <= hi * n, (mirrored, agree)
+    assert mirrored > n / 4
     assert agree["compared"] == mirrored and agree["agreement_rate"] == 1.0 and agree["max_abs_diff"] == 0.0
     # a shadow with other weights disagrees, and the comparison says so
     put_policy(c, "mlp", {"weights": {"1": 100}, "shadow": {"version": "2", "fraction": 1.0}})
@@ -226,7 +227,7 @@ def test_shadow_answers_from_the_primary_and_compares(gw: ServerThread) -> None:
         assert c.infer("mlp", rng.standard_normal(64).tolist())[2]["model_version"] == "1"
     time.sleep(0.2)
     snap = c.call("GET", "/v2/admin/models/mlp/traffic", headers=AUTH)[2]["shadow"]["by_primary"]["1"]
-    assert snap["compared"] >= 190 and snap["agreement_rate"] < 0.9 and snap["max_abs_diff"] > 0
+    assert snap["compared"] >= 50 and snap["agreement_rate"] < 0.9 and snap["max_abs_diff"] > 0
     assert 'gateway_shadow_compared_total{model="mlp",primary="1",shadow="2"}' in metrics(c)
     c.close()
 
@@ -406,3 +407,35 @@ def test_grpc_answers_say_which_arm_and_read_the_sticky_key(gw: ServerThread) ->
         t.contents.fp32_contents.extend(X64)
         resp, call = Stub(ch).ModelInfer.with_call(req)
         assert dict(call.trailing_metadata())["x-gateway-arm"] == resp.model_version
+
+
+def test_shadow_copies_are_shed_while_the_loop_is_saturated(tmp_path: Path) -> None:
+    """With the saturation line set very low, a steady client keeps the loop over it: copies stop
+    (counted as shed) while every primary answer still comes back."""
+    with ServerThread(repository=build_repo(tmp_path / "repo"), admin_token=TOKEN,
+                      shadow_max_loop_busy=0.02) as srv:
+        c = Client(srv.http_port)
+        put_policy(c, "mlp", {"weights": {"1": 100}, "shadow": {"version": "3", "fraction": 1.0}})
+        end = time.monotonic() + 1.5
+        n = 0
+        while time.monotonic() < end:
+            status, _, body = c.infer("mlp", X64)
+            assert status == 200 and body["model_version"] == "1"
+            n += 1
+        snap = c.call("GET", "/v2/admin/models/mlp/traffic", headers=AUTH)[2]["shadow"]["by_primary"]["1"]
+        c.close()
+    assert snap["shed"] > n / 2, (snap, n)  # most copies shed once the first interval saw the load
+    assert snap["compared"] + snap["shed"] <= n
+
+
+def test_loop_load_turns_on_at_high_and_off_below_low() -> None:
+    from gateway.pipeline.load import LoopLoad
+
+    load = LoopLoad(interval_s=0.1, high=0.8, low=0.6)
+    load._wall, load._cpu = 0.0, 0.0
+    seq = [(0.1, 0.09), (0.2, 0.16), (0.3, 0.23), (0.4, 0.28), (0.5, 0.29)]  # busy .9, .7, .7, .5, .1
+    states = []
+    for wall, cpu in seq:
+        load.sample(wall, cpu)
+        states.append(load.saturated)
+    assert states == [True, True, True, False, False]

@@ -1,10 +1,10 @@
 """A shadow pair as a Target: the primary answers; a copy of the request goes to a candidate version
 whose answer is compared with the primary's and never returned.
 
-Shed first: a copy is made only while this pair has fewer than ``max_outstanding`` copies unanswered
-and the candidate's queue is below an eighth of its bound, so mirrored work never takes queue space
-a primary request needs and stops at once when the candidate falls behind (each skip is counted as
-``shed``). The primary's ``done`` is called as soon as the primary answers; the comparison waits for
+Shed first: a copy is made only while the event loop is not saturated (``LoopLoad``: its thread's
+CPU share), this pair has fewer than ``max_outstanding`` copies unanswered, and the candidate's queue
+is below an eighth of its bound. So mirrored work never takes the CPU or the queue space primary
+requests need, and stops at once when the candidate falls behind (each skip is counted as ``shed``). The primary's ``done`` is called as soon as the primary answers; the comparison waits for
 whichever comes second. Pinned requests are never mirrored.
 """
 
@@ -15,6 +15,7 @@ from random import random
 
 from gateway.errors import GatewayError
 from gateway.pipeline.admit import Admit
+from gateway.pipeline.load import LoopLoad
 from gateway.pipeline.shadow_compare import ShadowComparison
 from gateway.pipeline.target import Done, Target, Ticket
 from gateway.types import InferRequest, InferResponse
@@ -22,10 +23,11 @@ from gateway.types import InferRequest, InferResponse
 
 class ShadowTarget:
     __slots__ = ("primary", "shadow", "fraction", "comparison", "clock", "max_outstanding", "outstanding",
-                 "_busy_rows")
+                 "_busy_rows", "load")
 
     def __init__(self, primary: Target, shadow: Admit, fraction: float, comparison: ShadowComparison,
-                 clock: Callable[[], float], max_outstanding: int) -> None:
+                 clock: Callable[[], float], max_outstanding: int, load: LoopLoad | None = None) -> None:
+        self.load = load
         self.primary = primary
         self.shadow = shadow
         self.fraction = fraction
@@ -38,7 +40,8 @@ class ShadowTarget:
     def submit(self, request: InferRequest, done: Done, eager: bool = False) -> Ticket:
         if random() >= self.fraction:
             return self.primary.submit(request, done, eager)
-        if self.outstanding >= self.max_outstanding or self.shadow.queue.rows >= self._busy_rows:
+        if (self.outstanding >= self.max_outstanding or self.shadow.queue.rows >= self._busy_rows
+                or (self.load is not None and self.load.saturated)):
             self.comparison.shed += 1
             return self.primary.submit(request, done, eager)
         pair = _Pair(self, done, self.clock())

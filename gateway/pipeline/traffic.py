@@ -26,6 +26,7 @@ from gateway.errors import Code, GatewayError, invalid
 from gateway.observe.stats import ModelStats
 from gateway.pipeline.admit import Admit
 from gateway.pipeline.guard import Rollout, Sample, Verdict, WindowTracker, judge
+from gateway.pipeline.load import LoopLoad
 from gateway.pipeline.outcomes import OutcomeBook, OutcomeError
 from gateway.pipeline.policy import PolicyError, TrafficPolicy, check_versions, parse_policy
 from gateway.pipeline.route import ModelRoute, Router
@@ -60,13 +61,16 @@ class TrafficSettings:
     shadow_max_outstanding: int = 64
     outcome_ids: int = 100_000
     outcome_ttl_s: float = 3600.0
+    shadow_max_loop_busy: float = 0.85
 
 
 class ModelTraffic:
     """One model's traffic state."""
 
-    def __init__(self, name: str, settings: TrafficSettings, clock: Callable[[], float]) -> None:
+    def __init__(self, name: str, settings: TrafficSettings, clock: Callable[[], float],
+                 load: LoopLoad | None = None) -> None:
         self.name = name
+        self.load = load
         self.settings = settings
         self.clock = clock
         self.versions: dict[str, VersionView] = {}
@@ -143,7 +147,7 @@ class ModelTraffic:
                     if comparison is None:
                         comparison = self.comparisons[v] = ShadowComparison(s.atol, s.rtol)
                     wrapped[v] = ShadowTarget(targets[v], shadow.admit, s.fraction, comparison,
-                                              self.clock, self.settings.shadow_max_outstanding)
+                                              self.clock, self.settings.shadow_max_outstanding, self.load)
         live = [v for v, w in arms.items() if w > 0]
         remember = self.book.remember if len(live) > 1 else None
         return ModelRoute(self.name, targets, stable, arms, wrapped, p.sticky_key, remember, p)
@@ -291,6 +295,8 @@ class TrafficControl:
         self.clock = clock
         self.locked = locked
         self.models: dict[str, ModelTraffic] = {}
+        self.load = LoopLoad(high=self.settings.shadow_max_loop_busy,
+                             low=max(0.0, self.settings.shadow_max_loop_busy - 0.15))
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- from the repository ---------------------------------------------------------------------
@@ -303,7 +309,7 @@ class TrafficControl:
             return
         m = self.models.get(name)
         if m is None:
-            m = self.models[name] = ModelTraffic(name, self.settings, self.clock)
+            m = self.models[name] = ModelTraffic(name, self.settings, self.clock, self.load)
         m.versions = dict(versions)
         new_config = configured != m.configured
         m.configured = configured
@@ -401,6 +407,7 @@ class TrafficControl:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.load.start()
 
         def again() -> None:
             self.tick()
@@ -409,6 +416,7 @@ class TrafficControl:
         self._timer = loop.call_later(self.settings.tick_s, again)
 
     def stop(self) -> None:
+        self.load.stop()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
