@@ -177,9 +177,11 @@ def test_sticky_keys_keep_their_version_and_follow_the_weights(gw: ServerThread)
     lo, hi = binomial_999(1000, 0.30)
     assert lo <= sum(v == "2" for v in first.values()) / 1000 <= hi
     c.close()
-    # another gateway (another process would do the same: the hash has no per-process seed) agrees
-    with ServerThread(repository=build_repo(gw.app.repository.parent / "repo2"), admin_token=TOKEN) as other:
-        c2 = Client(other.http_port)
+    # another gateway process (the demo repository has the same mlp versions 1 and 2) agrees
+    from test_cli import demo_process
+
+    with demo_process(GATEWAY_ADMIN_TOKEN=TOKEN) as (_, port, _grpc):
+        c2 = Client(port)
         put_policy(c2, "mlp", {"weights": {"1": 70, "2": 30}, "sticky_key": "x-user-id"})
         for k in range(200):
             _, _, body = c2.infer("mlp", X64, headers={"x-user-id": f"user-{k}"})
@@ -439,3 +441,25 @@ def test_loop_load_turns_on_at_high_and_off_below_low() -> None:
         load.sample(wall, cpu)
         states.append(load.saturated)
     assert states == [True, True, True, False, False]
+
+
+def test_a_reload_keeps_unchanged_versions_and_rebuilds_changed_ones(gw: ServerThread) -> None:
+    c = Client(gw.http_port)
+    repo = gw.app.repository
+    before = {v: gw.app.registry.get("mlp", v) for v in ("1", "2", "3")}
+    shutil.copytree(repo / "mlp" / "3", repo / "mlp" / "4")
+    assert c.call("POST", "/v2/repository/models/mlp/load", {}, AUTH)[0] == 200
+    after = {v: gw.app.registry.get("mlp", v) for v in ("1", "2", "3", "4")}
+    assert all(after[v] is before[v] for v in before)  # the same sessions, queues and statistics
+    # a traffic-only change to config.toml rebuilds nothing and takes effect
+    (repo / "mlp" / "config.toml").write_text('version_policy = "all"\n[traffic]\nweights = { "4" = 100 }\n')
+    assert c.call("POST", "/v2/repository/models/mlp/load", {}, AUTH)[0] == 200
+    assert all(gw.app.registry.get("mlp", v) is after[v] for v in after)
+    assert {c.infer("mlp", X64)[2]["model_version"] for _ in range(20)} == {"4"}
+    # a setting that shapes the versions rebuilds them all
+    (repo / "mlp" / "config.toml").write_text('version_policy = "all"\nmax_queue_size = 100\n')
+    assert c.call("POST", "/v2/repository/models/mlp/load", {}, AUTH)[0] == 200
+    assert all(gw.app.registry.get("mlp", v) is not after[v] for v in after)
+    view = c.call("GET", "/v2/admin/models/mlp/traffic", headers=AUTH)[2]
+    assert view["policy"] is None and view["source"] == "none"  # the file's policy went with the file
+    c.close()

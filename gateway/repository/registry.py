@@ -20,6 +20,7 @@ warm-up) run in a worker thread so the loop keeps serving other models meanwhile
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -100,6 +101,8 @@ class ModelVersion:
         self.admit = Admit(name, version, config, self.signature, self.batcher, self.stats, clock)
         self.target = coalesce.wrap(self.admit, config)
         self.ready = False
+        self.fingerprint: tuple[Any, ...] = ()
+        """What it was built from (model file, configuration): a reload keeps it while unchanged."""
 
     def warm_up(self) -> None:
         """Run the declared warm-up samples, or default inputs that fit each datatype, then a
@@ -130,6 +133,31 @@ class ModelVersion:
             warm(feeds, thr)
         except Exception as exc:
             raise ConfigError(f"model '{self.name}': version {self.version}: warm-up with {what} failed: {exc}") from None
+
+
+def _config_identity(model_dir: Path, raw: Mapping[str, Any], override: str | None) -> str:
+    """Everything a version is built from besides its model file: the effective settings (the
+    traffic table is not among them: a policy change rebuilds nothing), Triton's config file as
+    written (warm-up samples included), a load override."""
+    h = hashlib.sha256(repr(sorted(raw.items())).encode())
+    pbtxt = model_dir / "config.pbtxt"
+    if pbtxt.exists():
+        h.update(pbtxt.read_bytes())
+    warmup = model_dir / "warmup"
+    if warmup.is_dir():
+        for f in sorted(warmup.iterdir()):
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update((override or "").encode())
+    return h.hexdigest()
+
+
+def _fingerprint(model_file: Path, config_id: str) -> tuple[Any, ...]:
+    try:
+        st = model_file.stat()
+    except OSError:
+        return ()
+    return (st.st_mtime_ns, st.st_size, st.st_ino, config_id)
 
 
 class ModelRegistry:
@@ -254,7 +282,7 @@ class ModelRegistry:
         async with lock:
             self._loading.add(name)
             try:
-                built, policy = await self._build(name, self.root / name, config)
+                built, policy = await self._build(name, self.root / name, config, self.models.get(name, {}))
             except Exception as exc:
                 why = str(exc).removeprefix(f"model '{name}': ")
                 if not isinstance(exc, ConfigError | GatewayError):
@@ -273,20 +301,36 @@ class ModelRegistry:
             for mv in built.values():
                 mv.ready = True
             self.publish(name, built, policy)  # the new versions take traffic from here on
+            kept = {id(mv) for mv in built.values()}
             for mv in old.values():
-                await self._retire(mv)
+                if id(mv) not in kept:
+                    await self._retire(mv)
             log.info("model %s ready: versions %s", name, ", ".join(sorted(built, key=int)))
 
-    async def _build(self, name: str, model_dir: Path,
-                     override: str | None) -> tuple[dict[str, ModelVersion], TrafficPolicy | None]:
+    async def _build(self, name: str, model_dir: Path, override: str | None,
+                     old: Mapping[str, ModelVersion]) -> tuple[dict[str, ModelVersion], TrafficPolicy | None]:
+        """The versions to serve after this load. A version whose model file and configuration are
+        unchanged since ``old`` was built is kept as it is (its session, queue, statistics): loading
+        version N+1 neither rebuilds nor interrupts version N."""
         loop = asyncio.get_running_loop()
         tc, cfg, raw, versions, policy = await loop.run_in_executor(None, self._prepare, name, model_dir, override)
+        config_id = _config_identity(model_dir, raw, override)
+        filename = (tc.model_filename if tc else "") or self.backends.default_filename
         built: dict[str, ModelVersion] = {}
+        fresh: list[ModelVersion] = []
         try:
             for v in versions:
-                built[v] = await loop.run_in_executor(None, self._build_version, name, model_dir, v, tc, cfg, raw)
+                fp = _fingerprint(model_dir / v / filename, config_id)
+                kept = old.get(v)
+                if kept is not None and kept.fingerprint == fp and kept.ready:
+                    built[v] = kept
+                    continue
+                mv = await loop.run_in_executor(None, self._build_version, name, model_dir, v, tc, cfg, raw)
+                mv.fingerprint = fp
+                fresh.append(mv)
+                built[v] = mv
         except BaseException:
-            for mv in built.values():
+            for mv in fresh:
                 await mv.backend.close()
             raise
         return built, policy
