@@ -81,6 +81,15 @@ class ModelConfig:
     """With execution = auto: run inline when a warm max-size batch takes less than this."""
     release_on_deadline: bool = False
     """Release a batch before the delay when a queued request's deadline would pass otherwise."""
+    # -- the coalesce stage --
+    coalesce: bool = True
+    """Identical in-flight requests share one computation; false for non-deterministic models."""
+    coalesce_max_waiters: int = 1024
+    """Most requests waiting on one shared computation; past it an identical request starts its own."""
+    response_cache_bytes: int = 0
+    """Response cache for this model's versions, bounded by bytes of outputs held; 0: no cache."""
+    response_cache_ttl_s: float = 60.0
+    """How long a cached response may be served; 0: until evicted."""
 
     @property
     def batching(self) -> bool:
@@ -100,6 +109,10 @@ _FIELDS = {
     "version_policy",
     "inline_threshold_us",
     "release_on_deadline",
+    "coalesce",
+    "coalesce_max_waiters",
+    "response_cache_bytes",
+    "response_cache_ttl_s",
 }
 
 
@@ -140,6 +153,22 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
         if not isinstance(p, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in p):
             raise fail("preferred_batch_sizes", f"must be a list of positive integers, got {p!r}")
         values["preferred_batch_sizes"] = tuple(sorted(set(p)))
+    if "coalesce" in raw:
+        if not isinstance(raw["coalesce"], bool):
+            raise fail("coalesce", f"must be true or false, got {raw['coalesce']!r}")
+        values["coalesce"] = raw["coalesce"]
+    for key in ("coalesce_max_waiters", "response_cache_bytes"):
+        if key in raw:
+            v = raw[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "coalesce_max_waiters" else 0):
+                raise fail(key, f"must be a {'positive' if key == 'coalesce_max_waiters' else 'non-negative'} "
+                                f"integer, got {v!r}")
+            values[key] = v
+    if "response_cache_ttl_s" in raw:
+        v = raw["response_cache_ttl_s"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            raise fail("response_cache_ttl_s", f"must be a non-negative number of seconds, got {v!r}")
+        values["response_cache_ttl_s"] = float(v)
     if "release_on_deadline" in raw:
         if not isinstance(raw["release_on_deadline"], bool):
             raise fail("release_on_deadline", f"must be true or false, got {raw['release_on_deadline']!r}")

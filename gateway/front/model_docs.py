@@ -95,8 +95,8 @@ def version_statistics(name: str, version: str, t: Totals) -> dict[str, Any]:
             "compute_input": d(t.input_count, t.input_ns),
             "compute_infer": d(t.infer_count, t.infer_ns),
             "compute_output": d(t.output_count, t.output_ns),
-            "cache_hit": d(0, 0),
-            "cache_miss": d(0, 0),
+            "cache_hit": d(t.cache_hit_count, t.cache_hit_ns),
+            "cache_miss": d(t.cache_miss_count, t.cache_miss_ns),
         },
         "batch_stats": [
             {

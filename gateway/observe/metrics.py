@@ -72,6 +72,17 @@ def gateway_families(totals: dict[tuple[str, str], Totals], unresolved: dict[tup
                                   "Requests queued or executing (a request split above max_batch_size "
                                   "counts once per chunk).", labels=labels)
     executions = CounterMetricFamily("gateway_batches", "Executed batches.", labels=labels)
+    coalesced = CounterMetricFamily("gateway_coalesced_requests",
+                                    "Requests answered from an identical request's computation (single-flight).",
+                                    labels=labels)
+    shared = CounterMetricFamily("gateway_shared_computations",
+                                 "Computations that answered more than one request; coalesced / shared + 1 is "
+                                 "the mean flight size.", labels=labels)
+    hits = CounterMetricFamily("gateway_cache_hits", "Requests answered from the response cache.", labels=labels)
+    misses = CounterMetricFamily("gateway_cache_misses", "Response cache lookups that missed.", labels=labels)
+    evictions = CounterMetricFamily("gateway_cache_evictions", "Responses evicted to stay inside the byte bound.",
+                                    labels=labels)
+    cache_bytes = GaugeMetricFamily("gateway_cache_bytes", "Output bytes the response cache holds.", labels=labels)
     for (name, version), t in totals.items():
         lv = [name, version]
         requests.add_metric([*lv, "success"], t.success_count)
@@ -87,6 +98,12 @@ def gateway_families(totals: dict[tuple[str, str], Totals], unresolved: dict[tup
         depth.add_metric(lv, t.queue_rows)
         in_flight.add_metric(lv, t.pending + t.executing)
         executions.add_metric(lv, t.execution_count)
+        coalesced.add_metric(lv, t.coalesced_count)
+        shared.add_metric(lv, t.shared_flights)
+        hits.add_metric(lv, t.cache_hit_count)
+        misses.add_metric(lv, t.cache_miss_count)
+        evictions.add_metric(lv, t.cache_evictions)
+        cache_bytes.add_metric(lv, t.cache_bytes)
     for (model, code), n in sorted(unresolved.items()):
         requests.add_metric([model, "", code.lower()], n)
     workers = GaugeMetricFamily("gateway_workers_reporting",
@@ -98,7 +115,8 @@ def gateway_families(totals: dict[tuple[str, str], Totals], unresolved: dict[tup
                             "how stale the other workers' part of it may be.")
     now = time.time()
     age.add_metric([], max((max(0.0, now - float(d.get("written_at", now))) for d in peers), default=0.0))
-    return [requests, latency, batch, release, depth, in_flight, executions, workers, age]
+    return [requests, latency, batch, release, depth, in_flight, executions, coalesced, shared, hits, misses,
+            evictions, cache_bytes, workers, age]
 
 
 def triton_families(totals: dict[tuple[str, str], Totals]) -> list[tuple[str, str, str, list[Sample]]]:

@@ -34,7 +34,9 @@ HISTOGRAMS: dict[str, tuple[float, ...]] = {**dict.fromkeys(STAGES, LATENCY_BUCK
 # The summed integer fields of Totals (``last_inference_ms`` is a maximum, the dicts merge).
 _SUMMED = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count", "queue_ns",
            "input_count", "input_ns", "infer_count", "infer_ns", "output_count", "output_ns",
-           "inference_count", "execution_count", "queue_rows", "pending", "executing")
+           "inference_count", "execution_count", "queue_rows", "pending", "executing",
+           "cache_hit_count", "cache_hit_ns", "cache_miss_count", "cache_miss_ns", "cache_evictions", "cache_bytes",
+           "coalesced_count", "shared_flights")
 
 
 def _add_counts(into: dict[Any, int], other: dict[Any, int]) -> None:
@@ -68,6 +70,14 @@ class Totals:
     pending: int = 0
     executing: int = 0
     last_inference_ms: int = 0
+    cache_hit_count: int = 0
+    cache_hit_ns: int = 0
+    cache_miss_count: int = 0
+    cache_miss_ns: int = 0
+    cache_evictions: int = 0
+    cache_bytes: int = 0  # gauge: output bytes the response cache holds
+    coalesced_count: int = 0  # requests answered from another request's computation
+    shared_flights: int = 0  # computations that answered more than one request
     batch_sizes: dict[int, list[int]] = field(default_factory=dict)  # rows -> [executions, in, infer, out ns]
     fail_by_code: dict[str, int] = field(default_factory=dict)  # Code name -> failed requests
     release: dict[str, int] = field(default_factory=dict)  # release reason -> batches
@@ -141,6 +151,17 @@ class ModelStats:
         self.release = dict.fromkeys(RELEASE_REASONS, 0)
         self.queue_rows = 0  # gauge, set by the batcher
         self.last_inference_ms = 0
+        # the coalesce stage's numbers (requests it answered count as successes too, as in Triton)
+        self.extra_success_count = 0
+        self.extra_success_ns = 0
+        self.cache_hit_count = 0
+        self.cache_hit_ns = 0
+        self.cache_miss_count = 0
+        self.cache_miss_ns = 0
+        self.cache_evictions = 0
+        self.cache_bytes = 0
+        self.coalesced_count = 0
+        self.shared_flights = 0
 
     def record_batch(self, items: list, rows: int, t0: float, t1: float, t2: float, t3: float, t4: float) -> None:
         """One executed batch. ``items`` carry ``arrival``; t0 pack start, t1 compute start, t2 compute
@@ -169,8 +190,11 @@ class ModelStats:
         hists = {name: (h.bucket_counts(), h.sum) for name, h in self.latency.items()}
         hists["rows"] = (self.batch_rows.bucket_counts(), self.batch_rows.sum)
         return Totals(
-            r.success_count, r.success_ns, self.fail_count, self.fail_ns, r.queue_count, r.queue_ns,
+            r.success_count + self.extra_success_count, r.success_ns + self.extra_success_ns, self.fail_count,
+            self.fail_ns, r.queue_count, r.queue_ns,
             r.input_count, r.input_ns, r.infer_count, r.infer_ns, r.output_count, r.output_ns,
             r.inference_count, r.execution_count, self.queue_rows, pending, executing, self.last_inference_ms,
+            self.cache_hit_count, self.cache_hit_ns, self.cache_miss_count, self.cache_miss_ns,
+            self.cache_evictions, self.cache_bytes, self.coalesced_count, self.shared_flights,
             {k: list(v) for k, v in r.batch_sizes.items()}, dict(self.fail_by_code), dict(self.release), hists,
         )

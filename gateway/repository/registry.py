@@ -99,7 +99,7 @@ class ModelVersion:
         self.signature = Signature.build(name, inputs, outputs, config.batching)
         self.batcher = Batcher(name, version, config, backend, self.signature, self.stats, clock)
         self.admit = Admit(name, version, config, self.signature, self.batcher, self.stats, clock)
-        self.target = coalesce.wrap(self.admit, config)
+        self.target = coalesce.wrap(self.admit, name, version, config, self.stats, clock)
         self.ready = False
         self.fingerprint: tuple[Any, ...] = ()
         """What it was built from (model file, configuration): a reload keeps it while unchanged."""

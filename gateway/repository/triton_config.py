@@ -181,6 +181,11 @@ def read_override(model_dir: Path, text: str) -> TritonConfig:
 
 
 # ---- interpretation (graph-independent) ------------------------------------------------------
+TRITON_RESPONSE_CACHE_BYTES = 64 * 1024 * 1024
+"""What ``response_cache { enable: true }`` turns on: a 64 MiB cache for the model (config.toml's
+``response_cache_bytes`` sets another size)."""
+
+
 class _Reader:
     def __init__(self, model: str, source: str) -> None:
         self.model = model
@@ -237,7 +242,9 @@ def interpret(cfg: Any, model_dir: Path, source: str) -> TritonConfig:
     if cfg.HasField("model_transaction_policy"):
         r.only(cfg.model_transaction_policy, set(), "model_transaction_policy.")
     if cfg.HasField("response_cache"):
-        r.only(cfg.response_cache, set(), "response_cache.")
+        r.only(cfg.response_cache, {"enable"}, "response_cache.")
+        if cfg.response_cache.enable:  # Triton's cache size is server-wide; ours is per model
+            settings["response_cache_bytes"] = TRITON_RESPONSE_CACHE_BYTES
     return TritonConfig(
         model=name, source=source, settings=settings,
         inputs=tuple(_tensor(r, t, f"input[{i}]", {"name", "data_type", "format", "dims", "reshape"})
