@@ -125,8 +125,8 @@ def test_stream_cancelled_mid_flight_computes_none_of_its_queued_work(tmp_path: 
         c = grpcclient.InferenceServerClient(srv.grpc_url)
         answers: queue.Queue = queue.Queue()
         c.start_stream(callback=lambda result, error: answers.put((result, error)))
-        for i in range(20):
-            c.async_stream_infer("slow_mlp", inp(np.zeros((1, 64), np.float32)), request_id=str(i))
+        for i in range(20):  # distinct inputs: identical ones would share one queued computation
+            c.async_stream_infer("slow_mlp", inp(np.full((1, 64), i, np.float32)), request_id=str(i))
 
         def queued() -> int:
             async def rows() -> int:

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Coalescing and the response cache on a repeating workload: 30 % of requests repeat one of 100
+# popular inputs (Zipf, s=1), 70 % are unique. The demo mlp served twice from one gateway: "plain"
+# (coalesce = false, no cache) and "cc" (coalescing on, 16 MiB cache); wrk drives each in turn,
+# ROUNDS times, in one run. Prints throughput and p99 for both and the ratios.
+#   bench/coalesce_bench.sh [SECONDS=5] [CONCURRENCY=64] [ROUNDS=3]
+# wrk, the gateway and this script share the machine's cores: compare the ratio, not the rates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+conc=${2:-64}
+rounds=${3:-3}
+py=${PYTHON:-python3}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+repo=$(mktemp -d)
+lua=$(mktemp --suffix=.lua)
+"$py" -m gateway demo export "$repo/demo" >/dev/null
+mkdir -p "$repo/models"
+for m in plain cc; do mkdir -p "$repo/models/$m"; cp -r "$repo/demo/mlp/1" "$repo/models/$m/1"; done
+echo 'coalesce = false' > "$repo/models/plain/config.toml"
+printf 'coalesce = true\nresponse_cache_bytes = 16777216\nresponse_cache_ttl_s = 60\n' > "$repo/models/cc/config.toml"
+gw_port=$(port); grpc_port=$(port)
+GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$repo/models" --http-port "$gw_port" \
+  --grpc-port "$grpc_port" >/tmp/bench_coalesce_gw.log 2>&1 &
+gw=$!
+trap 'kill $gw 2>/dev/null || true; wait 2>/dev/null; rm -rf "$repo" "$lua"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/v2/health/ready" >/dev/null && break; sleep 0.3; done
+cat > "$lua" <<'LUA'
+local rest = {}
+for i = 1, 63 do rest[i] = string.format("%.4f", (i % 17) / 17) end
+local tail = table.concat(rest, ",")
+local function doc(first)
+  return '{"inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,64],"data":[' .. first .. ',' .. tail .. ']}]}'
+end
+local popular, cum, total = {}, {}, 0
+for k = 1, 100 do popular[k] = doc(string.format("-%d.5", k)); total = total + 1 / k; cum[k] = total end
+local n = 0
+local path = "/v2/models/" .. os.getenv("MODEL") .. "/infer"
+local headers = {["Content-Type"] = "application/json"}
+request = function()
+  n = n + 1
+  local body
+  if math.random() < 0.3 then
+    local u, k = math.random() * total, 1
+    while cum[k] < u do k = k + 1 end
+    body = popular[k]
+  else
+    body = doc(tostring(n) .. "." .. tostring(math.random(1, 1000000)))
+  end
+  return wrk.format("POST", path, headers, body)
+end
+LUA
+run() {
+  out=$(MODEL=$1 wrk -t 2 -c "$conc" -d "${secs}s" --latency -s "$lua" "http://127.0.0.1:$gw_port/")
+  bad=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
+  [[ -z $bad ]] || { echo "non-2xx answers: $bad" >&2; exit 1; }
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  echo "$rps $p99"
+}
+run plain >/dev/null; run cc >/dev/null  # warm-up (fills the cache with the popular inputs too)
+printf '%-6s %-11s %-9s %-11s %-9s %-8s %-s\n' round plain/s p99_ms cc/s p99_ms rps_ratio p99_ratio
+sa=0; sb=0
+for r in $(seq "$rounds"); do
+  read -r a ap <<<"$(run plain)"; read -r b bp <<<"$(run cc)"
+  sa=$(awk -v s="$sa" -v x="$a" 'BEGIN {print s + x}'); sb=$(awk -v s="$sb" -v x="$b" 'BEGIN {print s + x}')
+  printf '%-6s %-11s %-9s %-11s %-9s %-8.3f %.3f\n' "$r" "$a" "$ap" "$b" "$bp" \
+    "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')" "$(awk -v a="$ap" -v b="$bp" 'BEGIN {print b / a}')"
+done
+printf '%-6s %-11s %-9s %-11s %-9s %.3f\n' all "$sa" "" "$sb" "" "$(awk -v a="$sa" -v b="$sb" 'BEGIN {print b / a}')"
+curl -sf "http://127.0.0.1:$gw_port/metrics" | grep -E '^gateway_(cache_hits|cache_misses|coalesced_requests)_total\{model="cc"' || true
