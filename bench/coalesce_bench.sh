@@ -4,7 +4,8 @@
 # default; the demo's is 256) served twice from one gateway: "plain" (coalesce = false, no cache) and
 # "cc" (coalescing on, 16 MiB cache); wrk drives each in turn, ROUNDS times, in one run. Prints
 # throughput and p99 for both and the ratios.
-#   [HIDDEN=1024] bench/coalesce_bench.sh [SECONDS=5] [CONCURRENCY=64] [ROUNDS=3]
+#   [HIDDEN=1024] [REPEAT=0.3] [CACHE_BYTES=16777216] bench/coalesce_bench.sh [SECONDS=5] [CONCURRENCY=64] [ROUNDS=3]
+# REPEAT=0 CACHE_BYTES=0 HIDDEN=256 measures what the coalesce stage costs when nothing repeats.
 # wrk, the gateway and this script share the machine's cores: compare the ratio, not the rates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,8 @@ mkdir -p "$repo/models/plain/1" "$repo/models/cc/1"
   "$repo/models/plain/1/model.onnx"
 cp "$repo/models/plain/1/model.onnx" "$repo/models/cc/1/model.onnx"
 echo 'coalesce = false' > "$repo/models/plain/config.toml"
-printf 'coalesce = true\nresponse_cache_bytes = 16777216\nresponse_cache_ttl_s = 60\n' > "$repo/models/cc/config.toml"
+printf 'coalesce = true\nresponse_cache_bytes = %s\nresponse_cache_ttl_s = 60\n' "${CACHE_BYTES:-16777216}" \
+  > "$repo/models/cc/config.toml"
 gw_port=$(port); grpc_port=$(port)
 GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$repo/models" --http-port "$gw_port" \
   --grpc-port "$grpc_port" >/tmp/bench_coalesce_gw.log 2>&1 &
@@ -51,11 +53,12 @@ function init(args)
   uniq = tostring(tid * 1000000 + math.random(1, 999999))
 end
 local path = "/v2/models/" .. os.getenv("MODEL") .. "/infer"
+local repeat_share = tonumber(os.getenv("REPEAT") or "0.3")
 local headers = {["Content-Type"] = "application/json"}
 request = function()
   n = n + 1
   local body
-  if math.random() < 0.3 then
+  if math.random() < repeat_share then
     local u, k = math.random() * total, 1
     while cum[k] < u do k = k + 1 end
     body = popular[k]

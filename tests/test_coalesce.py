@@ -233,3 +233,24 @@ def test_a_reloaded_version_never_serves_a_stale_answer(gw: ServerThread, tmp_pa
     assert after is not before and after.stats.cache_bytes == 0
     post(gw.http_port, "/v2/models/cached/infer", body(x, "fresh"))
     assert stats(gw.http_port, "cached")["inference_stats"]["cache_miss"]["count"] == 1
+
+
+def test_flights_leave_no_reference_cycles_behind(gw: ServerThread) -> None:
+    """A flight and its queued work point at each other while in flight; once answered nothing
+    cyclic may remain (a cycle per request would hand every request to the collector: measured as
+    a 4 µs-per-request slowdown and p99 spikes before the links were cut)."""
+    import gc
+
+    async def main() -> int:
+        dp = gw.app.dataplane
+        gc.collect()
+        gc.disable()
+        try:
+            for k in range(8):
+                reqs = [request("slow", [float(k * 100 + i % 3)] * 64, f"g{i}") for i in range(16)]
+                await asyncio.gather(*(dp.infer(r) for r in reqs))  # duplicates among them: shared flights
+            return gc.collect()
+        finally:
+            gc.enable()
+
+    assert gw.call(main()) == 0

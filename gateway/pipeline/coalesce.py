@@ -125,8 +125,9 @@ class _Flight:
         if self.live == 0 and not self.finished:  # nobody wants it any more: drop it before dispatch
             self.finished = True
             self.owner.forget(self)
-            if self.ticket is not None:
-                self.ticket.cancel()
+            ticket, self.ticket, self.followers = self.ticket, None, None
+            if ticket is not None:
+                ticket.cancel()
 
     def __call__(self, resp: InferResponse | None, err: GatewayError | None) -> None:
         """The computation's answer (the flight is the ``done`` it was submitted with: no bound
@@ -134,6 +135,7 @@ class _Flight:
         if self.finished:
             return
         self.finished = True
+        self.ticket = None  # the queued work refers back to this flight: no cycle left for the collector
         owner = self.owner
         if owner.flights.get(self.key) is self:
             del owner.flights[self.key]
@@ -148,6 +150,7 @@ class _Flight:
         if err is None and resp is not None and owner.cache is not None:
             owner.cache_put(self.key, resp.outputs)
         owner.answer(self, resp, err)
+        self.followers = None  # waiters point at their flight: break the cycle once they are answered
 
 
 def _nobody(resp: InferResponse | None, err: GatewayError | None) -> None:
