@@ -46,11 +46,13 @@ class Pending:
         self.queue: BatchQueue | None = None
 
     def cancel(self) -> None:
-        """The caller went away: never compute this, never call back."""
+        """The caller went away: never compute this, never call back. Still queued, it leaves the
+        queue's row count at once (live requests get its room) and is counted as cancelled."""
         if not self.cancelled:
             self.cancelled = True
-            if self.queue is not None:
-                self.queue.dirty = True
+            q = self.queue
+            if q is not None:
+                q.withdraw(self, self.group is None)  # a chunk: its group counts the request once
 
 
 class BatchQueue:
@@ -67,6 +69,11 @@ class BatchQueue:
         self.rows = 0
         self.deadlines = 0  # queued items with a finite deadline
         self.dirty = False  # some queued item was cancelled
+        self.cancelled = 0  # requests whose queued work was cancelled, not yet taken by ``take_cancelled``
+        self._cancelled_arrivals = 0.0  # the sum of their arrival times
+        self.on_withdraw: Callable[[], None] | None = None
+        """Called when a queued item is cancelled: the driver drops it soon (``expire``), rather
+        than when a delay it was waiting for comes due."""
 
     def __len__(self) -> int:
         return sum(len(q) for q in self.buckets.values())
@@ -104,10 +111,40 @@ class BatchQueue:
         return removed
 
     def _forget(self, p: Pending) -> None:
+        if not p.cancelled:  # a cancelled item left the counts when it was withdrawn
+            self.rows -= p.rows
+            if p.deadline != INF:
+                self.deadlines -= 1
+        p.queue = None
+
+    def withdraw(self, p: Pending, count: bool = True) -> None:
+        """A queued item was cancelled (``Pending.cancel``): its rows and deadline leave the counts
+        now; the item itself leaves the deque on the next ``expire``. ``count``: one cancelled
+        request (False for the further chunks of a split request)."""
         self.rows -= p.rows
         if p.deadline != INF:
             self.deadlines -= 1
-        p.queue = None
+        if count:
+            self.note_cancelled(p.arrival)
+        if not self.dirty:
+            self.dirty = True
+            if self.on_withdraw is not None:
+                self.on_withdraw()
+
+    def note_cancelled(self, arrival: float) -> None:
+        """One request that arrived at ``arrival`` was cancelled while (some of) its work was queued."""
+        self.cancelled += 1
+        self._cancelled_arrivals += arrival
+
+    def take_cancelled(self, now: float) -> tuple[int, float]:
+        """(requests cancelled while queued, their summed seconds from arrival to ``now``) since the
+        last call, for the statistics; (0, 0.0) when there were none."""
+        n = self.cancelled
+        if not n:
+            return 0, 0.0
+        waited = n * now - self._cancelled_arrivals
+        self.cancelled, self._cancelled_arrivals = 0, 0.0
+        return n, waited
 
     def expire(self, now: float) -> list[Pending]:
         """Drop cancelled items (silently) and return the ones whose deadline has passed."""

@@ -2,7 +2,8 @@
 
 Invariants:
 - ``done`` is called exactly once per request that was not cancelled, on the loop thread;
-  a cancelled request is never computed (if still queued) and never called back.
+  a cancelled request is never computed (if still queued) and never called back. Cancelled
+  queued work is counted once per request, as a CANCELLED failure, when the queue drops it.
 - At most ``backend.capacity`` batches are in flight; inline backends run one at a time.
 - Sub-millisecond delays are honoured by re-checking the clock on every loop pass
   (``call_soon``): uvloop's timers have millisecond resolution. Longer waits use a timer that
@@ -49,6 +50,18 @@ class SplitGroup:
         self.failed = False
 
     def cancel(self) -> None:
+        """The caller went away: drop the chunks still queued (counted once, as one cancelled
+        request); chunks already computing finish uncalled."""
+        count = True
+        for p in self.parts:
+            q = p.queue
+            if count and q is not None and not p.cancelled:
+                count = False
+                q.note_cancelled(p.arrival)
+            p.cancel()
+
+    def _drop_rest(self) -> None:
+        """A chunk failed and the request was answered with its error: the rest is not needed."""
         for p in self.parts:
             p.cancel()
 
@@ -58,7 +71,7 @@ class SplitGroup:
             return
         if err is not None:
             self.failed = True
-            self.cancel()
+            self._drop_rest()
             self.done(None, err)
             return
         self.results[index] = outputs
@@ -84,6 +97,7 @@ class Batcher:
         self.queue = BatchQueue(config.max_batch_size, config.max_queue_delay_us / 1e6,
                                 config.preferred_batch_sizes, config.max_queue_size,
                                 config.release_on_deadline)
+        self.queue.on_withdraw = self._withdrawn
         self.in_flight = 0
         self.executing = 0  # queued units handed to an async backend and not back yet
         self.compute_estimate_s = 0.0
@@ -139,6 +153,12 @@ class Batcher:
             self._soon = self.loop.call_soon(self._flush)
         return ticket
 
+    def _withdrawn(self) -> None:
+        """Queued work was cancelled: drop (and count) it on the next pass, not when the delay it
+        waited for comes due."""
+        if self._soon is None:
+            self._soon = self.loop.call_soon(self._flush)
+
     # ---- the driver ------------------------------------------------------------------------
     def _flush(self) -> None:
         self._soon = None
@@ -147,9 +167,7 @@ class Batcher:
             self._timer = None
         q = self.queue
         now = self.clock()
-        for p in q.expire(now):
-            self._fail_one(p, GatewayError(Code.DEADLINE_EXCEEDED,
-                                           f"deadline exceeded while queued for model '{self.name}'"), now)
+        self._expire(now)
         while self.in_flight < self.backend.capacity:
             nb = q.next_batch(now, self.compute_estimate_s)
             if nb is None:
@@ -158,6 +176,8 @@ class Batcher:
             self.stats.release[reason] += 1
             self._dispatch(items)
             now = self.clock()
+            if q.dirty:  # an inline batch's callbacks cancelled queued work: never dispatch it
+                self._expire(now)
         self.stats.queue_rows = q.rows
         if self.in_flight < self.backend.capacity:
             wake = q.wake_at(now, self.compute_estimate_s)
@@ -172,6 +192,17 @@ class Batcher:
                 if not w.done():
                     w.set_result(None)
             self._idle_waiters.clear()
+
+    def _expire(self, now: float) -> None:
+        """Drop what was cancelled (counted as CANCELLED failures, once per request, here rather
+        than on the cancelling path) and fail what is past its deadline."""
+        q = self.queue
+        for p in q.expire(now):
+            self._fail_one(p, GatewayError(Code.DEADLINE_EXCEEDED,
+                                           f"deadline exceeded while queued for model '{self.name}'"), now)
+        if q.cancelled:
+            n, waited = q.take_cancelled(now)
+            self.stats.record_failures(Code.CANCELLED.name, n, int(waited * 1e9))
 
     def _dispatch(self, items: list[Pending]) -> None:
         t0 = self.clock()

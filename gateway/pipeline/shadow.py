@@ -17,7 +17,7 @@ from gateway.errors import GatewayError
 from gateway.pipeline.admit import Admit
 from gateway.pipeline.load import LoopLoad
 from gateway.pipeline.shadow_compare import ShadowComparison
-from gateway.pipeline.target import Done, Target, Ticket
+from gateway.pipeline.target import NO_TICKET, Done, Target, Ticket
 from gateway.types import InferRequest, InferResponse
 
 
@@ -47,7 +47,7 @@ class ShadowTarget:
         pair = _Pair(self, done, self.clock())
         ticket = self.primary.submit(request, pair.primary_done, eager)  # raises: no copy is made
         try:
-            self.shadow.submit(request, pair.shadow_done)
+            pair.copy = self.shadow.submit(request, pair.shadow_done)
         except GatewayError as exc:
             if exc.code.name == "RESOURCE_EXHAUSTED":
                 self.comparison.shed += 1
@@ -56,14 +56,17 @@ class ShadowTarget:
                 pair.shadow_refused(exc)
             return ticket
         self.outstanding += 1
-        return ticket
+        pair.ticket = ticket
+        return pair
 
 
 class _Pair:
-    """One mirrored request: whichever answer comes second triggers the comparison."""
+    """One mirrored request: whichever answer comes second triggers the comparison. Once the copy
+    is queued, also the request's ticket: a caller who leaves before the primary answers cancels
+    both (the copy is compared with nothing, so it is work for nobody)."""
 
     __slots__ = ("owner", "done", "t0", "primary", "primary_s", "primary_in", "shadow", "shadow_s", "shadow_err",
-                 "shadow_in", "settled")
+                 "shadow_in", "settled", "ticket", "copy")
 
     def __init__(self, owner: ShadowTarget, done: Done, t0: float) -> None:
         self.owner = owner
@@ -77,6 +80,18 @@ class _Pair:
         self.shadow_err: str | None = None
         self.shadow_in = False
         self.settled = False
+        self.ticket: Ticket = NO_TICKET  # the primary's
+        self.copy: Ticket = NO_TICKET  # the candidate's
+
+    def cancel(self) -> None:
+        if self.primary_in or self.settled:  # answered: the comparison may still finish
+            return
+        self.settled = True
+        self.ticket.cancel()
+        if not self.shadow_in:  # its done will never come: it no longer counts as outstanding
+            self.shadow_in = True
+            self.owner.outstanding -= 1
+            self.copy.cancel()
 
     def primary_done(self, resp: InferResponse | None, err: GatewayError | None) -> None:
         self.primary, self.primary_s, self.primary_in = resp, self.owner.clock() - self.t0, True

@@ -5,8 +5,10 @@ check for it. A request is noted when its message is complete and logged when it
 produced (``_write_in_order`` sees every answer exactly once, in any order, even one that waits
 for its turn or whose client is gone), so ``duration_ms`` is from the last byte of the request to
 its answer. Answers to requests that never completed (a head too large, a malformed stream) are
-logged with what the parser had read. ``request_bytes`` is the body as sent (compressed if it
-was), ``response_bytes`` the answer's body on the wire.
+logged with what the parser had read. Requests still unanswered when the connection ends (the
+client closed or reset it) are logged once each, as 499 without ``response_bytes``.
+``request_bytes`` is the body as sent (compressed if it was), ``response_bytes`` the answer's
+body on the wire.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from urllib.parse import unquote
 from gateway.front.http.server import HttpFront, HttpProtocol
 from gateway.logs import log_access
 from gateway.types import InferRequest
+
+_GONE = b"HTTP/1.1 499"  # what ``_log`` reads of an answer never written: the status, no body
 
 
 class _Pending:
@@ -79,14 +83,24 @@ class AccessLoggedProtocol(HttpProtocol):
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         p = self._pending.pop(seq, None)
-        if p is None:  # answered before the request was complete (413 on Content-Length, 400 malformed)
+        if p is None:
+            t = self.transport
+            if t is None or t.is_closing():  # the connection ended first: its 499 line is written
+                return
+            # answered before the request was complete (413 on Content-Length, 400 malformed)
             p = _Pending(self._parser_method(), self._url, self._body_len)
         self._log(p, data)
         super()._write_in_order(seq, data, close)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._pending.clear()  # cancelled work is never answered
+    def _gone(self) -> None:
+        """Requests whose answer was not yet produced when the connection ended: 499 (client closed
+        request, as nginx logs it), with no response bytes."""
+        super()._gone()
+        pending = self._pending
+        if pending:
+            self._pending = {}
+            for p in pending.values():
+                self._log(p, _GONE)
 
     def _parser_method(self) -> str:
         try:

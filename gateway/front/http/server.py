@@ -8,6 +8,8 @@ answered in order: a response that completes early waits in ``_parked`` until it
 Invariant: every request gets exactly one answer, whatever its handling raises (an error we
 did not foresee is a 500, logged); a request whose answer can never come (a bug) must not hold
 its connection: the keep-alive timeout closes connections whose next answer is owed by nobody.
+The exception: a client that closes its side (EOF, even a half-close) is gone, as nginx has it
+(499): its queued requests are cancelled at once, nothing more is written, and it is closed.
 Limits (body size, head size, pipelined requests, idle keep-alive, head and body timeouts,
 connection count) are ServerSettings fields. Timeouts cost no timer per request: each
 connection keeps the tick its current phase began, and ``HttpFront._sweep`` compares ticks
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import select
 from typing import Any
 from urllib.parse import unquote
 
@@ -163,6 +166,28 @@ class _Call:
         proto._write_in_order(self.seq, data, not self.keep_alive)
 
 
+_RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its side, even with data unread
+_HUNG_UP = _RDHUP | select.POLLHUP | select.POLLERR
+
+
+def closed_by_client(conns: list[HttpProtocol]) -> list[HttpProtocol]:
+    """Those of ``conns`` (paused connections: not read, so their EOF is never delivered) whose
+    client has closed or reset its side, found with one ``poll`` (Linux; elsewhere none)."""
+    if not _RDHUP:
+        return []
+    poller = select.poll()
+    by_fd: dict[int, HttpProtocol] = {}
+    for c in conns:
+        sock = c.transport.get_extra_info("socket") if c.transport is not None else None
+        fd = sock.fileno() if sock is not None else -1
+        if fd >= 0:
+            by_fd[fd] = c
+            poller.register(fd, _RDHUP)
+    if not by_fd:
+        return []
+    return [by_fd[fd] for fd, events in poller.poll(0) if events & _HUNG_UP]
+
+
 class HttpFront:
     """Owns the listening socket and the set of live connections."""
 
@@ -202,12 +227,18 @@ class HttpFront:
         """Once a second: answer 408 and close where a request head or body is late; close
         connections idle past the keep-alive timeout. A connection counts as idle when no
         in-flight work owes its next answer: parked answers waiting behind a request that will
-        never be answered do not keep it open (and are logged, as that is a bug)."""
+        never be answered do not keep it open (and are logged, as that is a bug). A paused
+        connection (too many requests owed, or a client not reading) is not read, so its EOF is
+        not delivered: the sweep asks the kernel whether its client is gone, and drops its work."""
         self.tick = tick = self.tick + 1
         s = self.settings
         keepalive, head_limit, body_limit = s.http_keepalive_timeout_s, s.header_timeout_s, s.body_timeout_s
+        paused: list[HttpProtocol] = []
         for c in list(self.connections):
-            if not c._closing and not c._paused:  # while we do not read, the client cannot be late
+            if c._paused:  # while we do not read, the client cannot be late (nor its EOF seen)
+                if not c._closing:
+                    paused.append(c)
+            elif not c._closing:
                 phase, waited = c._phase, tick - c._since
                 if phase == _BODY:
                     if waited > body_limit:
@@ -220,6 +251,9 @@ class HttpFront:
                     log.warning("closing an HTTP connection whose request %d was never answered "
                                 "(%d later answers parked)", c._next_write, len(c._parked))
                 c.close()
+        if paused:
+            for c in closed_by_client(paused):
+                c.client_left()
         self._sweeper = asyncio.get_running_loop().call_later(1.0, self._sweep)
 
     def evict_silent_reserve(self) -> bool:
@@ -325,15 +359,36 @@ class HttpProtocol(asyncio.Protocol):
             reserve.add(self)
         front.connections.add(self)
 
+    def eof_received(self) -> bool:
+        """The client closed its side: it is gone, as nginx has it (499, client closed request),
+        even if it only half-closed."""
+        self.client_left()
+        return False
+
+    def client_left(self) -> None:
+        """Drop the client's queued work now, synchronously: ``connection_lost`` comes a loop pass
+        after the close, after any batch flush already scheduled (which would compute it)."""
+        self._gone()
+        self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._reserve:
             self.front.reserve.discard(self)
         self.front.connections.discard(self)
-        for t in self._tickets.values():
-            t.cancel()  # the caller is gone: drop its queued work
-        self._tickets.clear()
-        self._parked.clear()
+        self._gone()  # a reset or our own close: after an EOF, nothing is left to drop
+
+    def _gone(self) -> None:
+        """Nobody will read another answer: cancel every request still owed (queued work is never
+        computed; what is computing finishes and is dropped), forget parked answers, read and write
+        nothing more."""
         self._closing = True
+        tickets = self._tickets
+        if tickets:
+            self._tickets = {}
+            for t in tickets.values():
+                t.cancel()
+        self._parked.clear()
+        self._continue_due = False
 
     def close(self) -> None:
         self._closing = True
