@@ -42,8 +42,9 @@ from gateway.pipeline.shadow_compare import ShadowComparison
 from gateway.testing import ServerThread
 
 WIDTH = 512
-SLOW = 'max_batch_size = 4\nmax_queue_delay_us = 0\nmax_queue_size = 4096\nexecution = "thread"\n'
-HELD = "max_batch_size = 256\nmax_queue_delay_us = 30000000\nmax_queue_size = 4096\n"  # a batch waits 30 s
+# coalesce = false: the storms send identical requests, which would otherwise share one computation
+SLOW = 'max_batch_size = 4\nmax_queue_delay_us = 0\nmax_queue_size = 4096\nexecution = "thread"\ncoalesce = false\n'
+HELD = "max_batch_size = 256\nmax_queue_delay_us = 30000000\nmax_queue_size = 4096\ncoalesce = false\n"  # waits 30 s
 
 
 def slow_model(layers: int = 300) -> Any:
