@@ -31,6 +31,7 @@ from gateway.front.http.server import HttpFront, HttpProtocol
 from gateway.logs import configure_logging
 from gateway.observe.metrics import make_metrics_registry
 from gateway.observe.workers import REPOSITORY_LOCKED, TRAFFIC_LOCKED, WorkerStats
+from gateway.pipeline.admit import InflightCap
 from gateway.pipeline.traffic import TrafficSettings
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry
@@ -68,7 +69,9 @@ class App:
             server_name=settings.server_name, shm=self.shm, repository_locked=locked, traffic_locked=traffic_locked,
             traffic=TrafficSettings(settings.traffic_tick_s, settings.shadow_max_outstanding,
                                     settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s,
-                                    settings.shadow_max_loop_busy))
+                                    settings.shadow_max_loop_busy),
+            inflight=(InflightCap(settings.max_inflight_requests, settings.max_inflight_bytes)
+                      if settings.max_inflight_requests or settings.max_inflight_bytes else None))
         self.registry = pipeline.registry
         self.router = pipeline.router
         self.traffic = pipeline.traffic

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.backends.base import BackendFactory
 from gateway.backends.onnx import OnnxFactory
 from gateway.dataplane import DataPlane
+from gateway.pipeline.admit import InflightCap
 from gateway.pipeline.route import Router
 from gateway.pipeline.traffic import TrafficControl, TrafficSettings
 from gateway.repository.registry import ModelRegistry
@@ -34,7 +35,8 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
                    server_name: str = "inference-gateway", shm: SharedMemoryRegistry | None = None,
                    repository_locked: str = "", traffic_locked: str = "",
                    traffic: TrafficSettings | None = None,
-                   peers: Callable[[], list[dict[str, Any]]] | None = None) -> Pipeline:
+                   peers: Callable[[], list[dict[str, Any]]] | None = None,
+                   inflight: InflightCap | None = None) -> Pipeline:
     holder: list[ModelRegistry] = []
     router = Router(lambda name, version: holder[0].miss(name, version))
     control = TrafficControl(router, traffic, locked=traffic_locked)
@@ -42,5 +44,5 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
                              strict_readiness=strict_readiness)
     holder.append(registry)
     dataplane = DataPlane(registry, router, control, server_name=server_name, shm=shm, peers=peers,
-                          repository_locked=repository_locked)
+                          repository_locked=repository_locked, inflight=inflight)
     return Pipeline(registry, router, control, dataplane)

@@ -28,6 +28,7 @@ from typing import Any
 from gateway import __version__
 from gateway.errors import Code, GatewayError, not_found
 from gateway.observe.stats import Totals
+from gateway.pipeline.admit import InflightCap
 from gateway.pipeline.route import ModelRoute, Router
 from gateway.pipeline.target import Done, Ticket
 from gateway.pipeline.traffic import TrafficControl
@@ -50,10 +51,12 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry, router: Router, traffic: TrafficControl,
                  server_name: str = "inference-gateway",
                  shm: SharedMemoryRegistry | None = None,
-                 peers: Callable[[], list[dict[str, Any]]] | None = None, repository_locked: str = "") -> None:
+                 peers: Callable[[], list[dict[str, Any]]] | None = None, repository_locked: str = "",
+                 inflight: InflightCap | None = None) -> None:
         """``shm``: system shared-memory regions, for the fronts' decode and encode (None: not served).
         ``peers``: the other workers' latest snapshot documents (``export`` form), read per scrape.
-        ``repository_locked``: when set, load/unload are refused with this message (``--workers N``)."""
+        ``repository_locked``: when set, load/unload are refused with this message (``--workers N``).
+        ``inflight``: the server-wide caps on infer requests held (None: none)."""
         self.registry = registry
         self.router = router
         self.traffic = traffic
@@ -61,6 +64,7 @@ class DataPlane:
         self.shm = shm
         self.peers = peers
         self.repository_locked = repository_locked
+        self.inflight = inflight
         self.unresolved: dict[tuple[str, str], int] = {}  # (model label, Code name) -> failed requests
         extensions = SERVED_EXTENSIONS + ([SHM_EXTENSION] if shm is not None and shm.enabled else [])
         self._metadata = {"name": server_name, "version": __version__, "extensions": extensions}
@@ -170,16 +174,30 @@ class DataPlane:
 
         ``keys``: sticky-key candidates the front collected (lowercase header / metadata names).
         Refusals raise ``GatewayError`` synchronously (nothing queued), each counted by the stage
-        that refused. Calling ``ticket.cancel()`` before the batch runs drops the request and
+        that refused (the server-wide ``inflight`` caps, checked first, are counted here). Calling ``ticket.cancel()`` before the batch runs drops the request and
         ``done`` is never called.
         """
         # try costs nothing on the success path (3.11+); only a rejection pays for its counting
+        cap = self.inflight
+        held = None
         try:
+            if cap is not None:  # server-wide caps first: the cheapest refusal under overload
+                held = cap.hold(request, done)
             target = self.router.route(request, keys)
         except GatewayError as exc:
+            if held is not None:
+                held.release()
             self.record_rejected(request.model_name, request.model_version, exc.code)
             raise
-        return target.submit(request, done, eager)
+        if held is None:
+            return target.submit(request, done, eager)
+        # The claim goes in place of ``done``: released by the answer, or by a cancel (the ticket)
+        try:
+            held.ticket = target.submit(request, held, eager)
+        except BaseException:
+            held.release()
+            raise
+        return held
 
     async def infer(self, request: InferRequest, eager: bool = False,
                     keys: Mapping[str, Any] | None = None) -> InferResponse:

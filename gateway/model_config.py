@@ -90,6 +90,23 @@ class ModelConfig:
     """Response cache for this model's versions, bounded by bytes of outputs held; 0: no cache."""
     response_cache_ttl_s: float = 60.0
     """How long a cached response may be served; 0: until evicted."""
+    # ---- priorities and admission by expected wait (one block: see _parse_admission) ----
+    priority_levels: int = 0
+    """Levels of the request parameter ``priority`` (1 = highest); 0: no priorities (the parameter is ignored)."""
+    default_priority_level: int = 0
+    """The level of a request whose priority is 0 or absent; 0: the lowest level (``priority_levels``)."""
+    priority_queue_size: tuple[tuple[int, int], ...] = ()
+    """(level, rows): rows of that level allowed to wait, within ``max_queue_size``; past it 429."""
+    priority_aging_us: int = 1_000_000
+    """Starvation bound: a request of level p ranks as if it had arrived (p - 1) x this later."""
+    max_queue_wait_us: int = 0
+    """Admission SLO: a request expected to wait longer than this before its batch starts is refused
+    at once (429 + Retry-After); 0: off. A request's deadline is checked the same way, always."""
+
+    @property
+    def default_level(self) -> int:
+        """The level a request without a priority gets (1 when there are no priorities)."""
+        return self.default_priority_level or max(1, self.priority_levels)
 
     @property
     def batching(self) -> bool:
@@ -113,6 +130,7 @@ _FIELDS = {
     "coalesce_max_waiters",
     "response_cache_bytes",
     "response_cache_ttl_s",
+    *("priority_levels", "default_priority_level", "priority_queue_size", "priority_aging_us", "max_queue_wait_us"),
 }
 
 
@@ -180,6 +198,7 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
             values[key] = raw[key]
     if "version_policy" in raw:
         values["version_policy"] = _parse_policy(raw["version_policy"], fail)
+    _parse_admission(raw, fail, values)
     cfg = ModelConfig(name=name, **values)
     mbs = cfg.max_batch_size
     if mbs and any(p > mbs for p in cfg.preferred_batch_sizes):
@@ -187,6 +206,40 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
     if not mbs and cfg.preferred_batch_sizes:
         raise fail("preferred_batch_sizes", "is set but batching is off (max_batch_size = 0)")
     return cfg
+
+
+def _parse_admission(raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) -> None:
+    """Priorities and admission: priority_levels, default_priority_level, priority_queue_size,
+    priority_aging_us, max_queue_wait_us."""
+    for key in ("priority_levels", "default_priority_level", "priority_aging_us", "max_queue_wait_us"):
+        if key in raw:
+            v = raw[key]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise fail(key, f"must be a non-negative integer, got {v!r}")
+            values[key] = v
+    if values.get("priority_aging_us", 1) < 1:
+        raise fail("priority_aging_us", "must be at least 1 (lower priorities must not starve)")
+    levels = values.get("priority_levels", 0)
+    default = values.get("default_priority_level", 0)
+    if default and not levels:
+        raise fail("default_priority_level", "is set but priority_levels is 0 (no priorities)")
+    if default > levels:
+        raise fail("default_priority_level", f"is {default}; it must be in 1..priority_levels ({levels})")
+    if "priority_queue_size" in raw:
+        table = raw["priority_queue_size"]
+        if not isinstance(table, Mapping):
+            raise fail("priority_queue_size", f'must be a table of level = rows, e.g. {{ "2" = 512 }}, got {table!r}')
+        if table and not levels:
+            raise fail("priority_queue_size", "is set but priority_levels is 0 (no priorities)")
+        sizes = []
+        for k, v in table.items():
+            level = int(k) if isinstance(k, str) and k.isdigit() else 0
+            if not 1 <= level <= levels:
+                raise fail("priority_queue_size", f"has level {k!r}; levels are 1..priority_levels ({levels})")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise fail("priority_queue_size", f"[{k!r}] must be a positive number of rows, got {v!r}")
+            sizes.append((level, v))
+        values["priority_queue_size"] = tuple(sorted(sizes))
 
 
 def _parse_policy(v: Any, fail: Any) -> VersionPolicy:

@@ -103,6 +103,12 @@ class ServerSettings:
     """Request ids remembered per model for outcome attribution (~200 bytes each; the oldest go first)."""
     outcome_attribution_ttl_s: float = 3600.0
     """How long a request id can still be credited with an outcome."""
+    # ---- server-wide admission caps (one block) ----
+    max_inflight_requests: int = 16384
+    """Infer requests admitted and not yet answered, all models and both fronts together; past it
+    429 / RESOURCE_EXHAUSTED + Retry-After at once, before routing. 0: no cap."""
+    max_inflight_bytes: int = 1024 * 1024 * 1024
+    """Tensor bytes of those requests; past it 429 at once (a request alone always gets in). 0: no cap."""
 
     @classmethod
     def load(
@@ -158,7 +164,8 @@ class ServerSettings:
         for name in ("header_timeout_s", "body_timeout_s", "http_keepalive_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
-        for name in ("max_connections", "fd_reserve", "health_connections"):
+        for name in ("max_connections", "fd_reserve", "health_connections", "max_inflight_requests",
+                     "max_inflight_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.http_port <= 65535:

@@ -101,6 +101,25 @@ def bad_rows_model() -> onnx.ModelProto:
                   [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch2", 4])], "bad_rows")
 
 
+def slow_model(width: int = 512, depth: int = 160) -> onnx.ModelProto:
+    """INPUT0 FP32 [batch, width] -> OUTPUT0: ``depth`` chained MatMuls by one matrix; with one
+    onnxruntime thread, width 512 and depth 160 take ~2 ms a row here (a model that is the bottleneck)."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), "W")
+    nodes, prev = [], "INPUT0"
+    for i in range(depth):
+        nodes.append(helper.make_node("MatMul", [prev, "W"], [f"h{i}"]))
+        prev = f"h{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["OUTPUT0"]))
+    graph = helper.make_graph(nodes, "slow", [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", width])],
+                              [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", width])], [w])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.checker.check_model(m)
+    return m
+
+
 def write_model(repo: Path, name: str, version: str | int, model: onnx.ModelProto,
                 config_toml: str | None = None) -> Path:
     path = Path(repo) / name / str(version) / "model.onnx"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.pipeline.batch_queue import INF, BatchQueue, Pending
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.pipeline.batch_queue import INF, BatchCost, BatchQueue, Pending
 
 
 def item(rows: int, t: float, deadline: float = INF, bucket: tuple = ()) -> Pending:
@@ -113,3 +116,148 @@ def test_no_batching_runs_one_request_per_batch() -> None:
     b1, reason = q.next_batch(0.0)
     assert len(b1) == 1 and reason == "full"
     assert len(q.next_batch(0.0)[0]) == 1
+
+
+# ---- priorities with aging ------------------------------------------------------------------
+
+def prio(rows: int, t: float, level: int, deadline: float = INF) -> Pending:
+    return Pending(None, {}, rows, t, deadline, lambda *a: None, (), level)
+
+
+def test_higher_priority_is_batched_first_and_fills_before_lower() -> None:
+    q = BatchQueue(max_batch_size=4, max_queue_delay_s=0.0, levels=2, aging_s=10.0)
+    lows = [prio(1, 0.0 + i * 0.001, 2) for i in range(3)]
+    highs = [prio(1, 0.01 + i * 0.001, 1) for i in range(2)]
+    for p in lows + highs:
+        q.add(p)
+    batch, _ = q.next_batch(0.02)
+    assert batch == highs + lows[:2]  # both high ones, then the oldest low ones fill the batch
+    assert q.next_batch(0.02)[0] == lows[2:]
+    assert q.rows == 0 and q.next_batch(0.02) is None
+
+
+def test_aging_a_lower_level_ranks_as_if_it_arrived_later() -> None:
+    q = BatchQueue(max_batch_size=1, levels=3, aging_s=1.0)
+    low = prio(1, 0.0, 3)  # ranks as if it had arrived at 2.0
+    q.add(low)
+    early, late = prio(1, 1.5, 1), prio(1, 2.5, 1)
+    q.add(early)
+    q.add(late)
+    order = [q.next_batch(3.0)[0][0] for _ in range(3)]
+    assert order == [early, low, late]
+
+
+def test_a_saturating_higher_level_cannot_starve_a_lower_one() -> None:
+    """Two high-priority arrivals per ms, one batch (1 row) served per ms: the high level alone is
+    twice the capacity. The low request is still served, about one aging step (plus the high work
+    that ranked ahead of it) after it arrived; without aging it would wait for ever."""
+    q = BatchQueue(max_batch_size=1, levels=2, aging_s=0.050)
+    low = prio(1, 0.0, 2)
+    q.add(low)
+    served_at = None
+    for ms in range(1, 1000):
+        now = ms / 1000
+        q.add(prio(1, now, 1))
+        q.add(prio(1, now, 1))
+        batch, _ = q.next_batch(now)
+        if batch[0] is low:
+            served_at = now
+            break
+    assert served_at is not None and 0.050 <= served_at <= 0.2
+
+
+def test_rows_ahead_counts_own_and_higher_levels_and_aged_lower_rows() -> None:
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=10.0, levels=3, aging_s=1.0)
+    q.add(prio(2, 0.0, 1))
+    for t, r in ((0.0, 1), (0.5, 2), (2.0, 4)):
+        q.add(prio(r, t, 2))
+    q.add(prio(3, 0.0, 3))
+    # level 1 at 2.2: its 2 rows, level 2 arrived by 1.2 (1 + 2 rows), level 3 arrived by 0.2 (3 rows)
+    assert q.rows_ahead(1, 2.2) == 2 + 3 + 3
+    assert q.rows_ahead(2, 2.2) == 2 + 7 + 3  # level 3 arrived by 1.2
+    assert q.rows_ahead(3, 2.2) == q.rows == 12
+    assert q.rows_ahead(1, 0.1) == 2
+
+
+def test_level_limits_bound_each_level_within_the_total() -> None:
+    q = BatchQueue(max_batch_size=8, max_queue_delay_s=10.0, max_queue_rows=6, levels=2, level_limits={2: 2})
+    q.add(prio(2, 0.0, 2))
+    assert not q.has_room(1, 2) and q.has_room(4, 1) and not q.has_room(5, 1)
+    q.next_batch(20.0)
+    assert q.has_room(2, 2) and q.level_rows == {2: 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "batch", "cancel", "expire"]), st.integers(1, 3),
+                          st.integers(1, 3), st.booleans()), max_size=60))
+def test_model_of_priority_order_and_rows_ahead(ops: list[tuple[str, int, int, bool]]) -> None:
+    """Against a brute-force model: each batch is a prefix of the queued items sorted by rank, and
+    rows_ahead(level, now) is the rows of the items that rank at or before a newcomer of that level."""
+    aging = 0.004
+    q = BatchQueue(max_batch_size=4, max_queue_delay_s=0.0, levels=3, aging_s=aging)
+    now = 0.0
+    live: list[Pending] = []
+    for op, rows, level, flag in ops:
+        now += 0.001
+        if op == "add":
+            p = prio(rows, now, level, deadline=now + 0.003 if flag else INF)
+            q.add(p)
+            live.append(p)
+        elif op == "cancel" and live:
+            live[rows % len(live)].cancel()  # its rows leave the count now; the driver's next pass drops it
+            assert q.rows == sum(p.rows for p in live if not p.cancelled)
+            q.expire(now)
+            live = [p for p in live if p.queue is not None]
+        elif op == "expire":
+            gone = q.expire(now)
+            assert all(p.deadline <= now for p in gone)
+            live = [p for p in live if p.queue is not None]
+        else:
+            q.expire(now)
+            live = [p for p in live if p.queue is not None]
+            want = sorted(live, key=lambda p: (p.key, p.arrival))
+            got = q.next_batch(now)
+            if not want:
+                assert got is None
+                continue
+            assert got is not None
+            batch = got[0]
+            assert [p.key for p in batch] == [p.key for p in want[: len(batch)]]
+            assert sum(p.rows for p in batch) <= 4
+            assert len(batch) == len(want) or sum(p.rows for p in batch) + want[len(batch)].rows > 4
+            live = [p for p in live if p not in batch]
+        for lv in (1, 2, 3):
+            brute = sum(p.rows for p in live if p.key <= now + (lv - 1) * aging)
+            assert q.rows_ahead(lv, now) == brute
+        assert q.rows == sum(p.rows for p in live)
+
+
+# ---- the measured batch cost --------------------------------------------------------------
+
+def test_batch_cost_recovers_a_fixed_and_a_per_row_part() -> None:
+    c = BatchCost()
+    assert not c.known
+    for n in [1, 8, 64, 3, 32, 64, 1, 16] * 4:
+        c.observe(n, 0.002 + 0.0001 * n)
+    assert abs(c.fixed - 0.002) < 1e-9 and abs(c.per_row - 0.0001) < 1e-9
+    assert abs(c.seconds(64) - 0.0084) < 1e-9
+
+
+def test_batch_cost_of_one_size_is_proportional_and_never_negative() -> None:
+    c = BatchCost()
+    for _ in range(5):
+        c.observe(64, 0.0064)
+    assert c.fixed == 0.0 and abs(c.seconds(32) - 0.0032) < 1e-12
+    d = BatchCost(decay=1.0)
+    for n, t in ((1, 0.010), (64, 0.002), (1, 0.010), (64, 0.002)):  # bigger batches faster: per batch
+        d.observe(n, t)
+    assert d.per_row == 0.0 and abs(d.seconds(10) - 0.006) < 1e-9
+
+
+def test_batch_cost_forgets_old_batches() -> None:
+    c = BatchCost(decay=0.5)
+    for _ in range(10):
+        c.observe(4, 0.004)
+    for _ in range(20):
+        c.observe(4, 0.040)  # the model got ten times slower
+    assert abs(c.seconds(4) - 0.040) < 0.001

@@ -27,10 +27,29 @@ from gateway.repository.registry import ModelRegistry
     ({"version_policy": "some"}, "version_policy"),
     ({"max_batch_sise": 4}, "max_batch_sise"),
     ({"release_on_deadline": "yes"}, "release_on_deadline"),
+    ({"priority_levels": -1}, "priority_levels"),
+    ({"default_priority_level": 1}, "default_priority_level"),  # no levels
+    ({"priority_levels": 2, "default_priority_level": 3}, "default_priority_level"),
+    ({"priority_levels": 2, "priority_queue_size": 5}, "priority_queue_size"),
+    ({"priority_levels": 2, "priority_queue_size": {"3": 5}}, "priority_queue_size"),
+    ({"priority_levels": 2, "priority_queue_size": {"high": 5}}, "priority_queue_size"),
+    ({"priority_levels": 2, "priority_queue_size": {"2": 0}}, "priority_queue_size"),
+    ({"priority_queue_size": {"1": 5}}, "priority_queue_size"),  # no levels
+    ({"priority_aging_us": 0}, "priority_aging_us"),
+    ({"max_queue_wait_us": 1.5}, "max_queue_wait_us"),
 ])
 def test_bad_fields_are_named(raw: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"'{field}'"):
         parse_config("m", raw)
+
+
+def test_priority_and_admission_fields() -> None:
+    c = parse_config("m", {"priority_levels": 3, "priority_queue_size": {"2": 512, "3": 64},
+                           "max_queue_wait_us": 50_000, "priority_aging_us": 200_000})
+    assert c.priority_queue_size == ((2, 512), (3, 64)) and c.max_queue_wait_us == 50_000
+    assert c.default_level == 3  # unset: the lowest level
+    assert parse_config("m", {"priority_levels": 3, "default_priority_level": 1}).default_level == 1
+    assert parse_config("m", {}).default_level == 1 and parse_config("m", {}).priority_aging_us == 1_000_000
 
 
 def test_version_policies() -> None:

@@ -68,6 +68,10 @@ DYNAMIC = """dynamic_batching { preferred_batch_size: [ 2, 4 ] max_queue_delay_m
                    default_queue_policy { max_queue_size: 32 default_timeout_microseconds: 5000000 } }"""
 
 
+PRIORITIES = """dynamic_batching { priority_levels: 3 default_priority_level: 2
+                   priority_queue_policy { key: 3 value: { max_queue_size: 6 } } }"""
+
+
 def add_sub_pbtxt(name: str, scheduling: str = DYNAMIC) -> str:
     return f"""name: "{name}"
 backend: "onnxruntime"
@@ -103,8 +107,17 @@ REFUSED = {
                       ["name_mismatch/config.pbtxt", "'name'", "'other'", "'name_mismatch'"]),
     "sequence": (add_sub_pbtxt("sequence", "sequence_batching { max_sequence_idle_microseconds: 5000000 }"),
                  ["sequence/config.pbtxt", "'sequence_batching'", "not supported"]),
+    # Triton's rule: with priority levels, the default level must be one of them
     "priority": (_bad("priority", "max_queue_delay_microseconds: 100", "priority_levels: 2"),
-                 ["priority/config.pbtxt", "'dynamic_batching.priority_levels'", "not supported"]),
+                 ["priority/config.pbtxt", "'dynamic_batching.default_priority_level'", "1..2"]),
+    "priority_timeout": (_bad("priority_timeout", "max_queue_delay_microseconds: 100",
+                              "priority_levels: 2 default_priority_level: 2 priority_queue_policy { key: 2 value: "
+                              "{ default_timeout_microseconds: 100 } }"),
+                         ["'dynamic_batching.priority_queue_policy[2].default_timeout_microseconds'", "not supported"]),
+    "priority_key": (_bad("priority_key", "max_queue_delay_microseconds: 100",
+                          "priority_levels: 2 default_priority_level: 2 priority_queue_policy { key: 3 value: "
+                          "{ max_queue_size: 4 } }"),
+                     ["'dynamic_batching.priority_queue_policy[3]'", "1..priority_levels (2)"]),
     "unbatched_dims": (add_sub_pbtxt("unbatched_dims", "").replace("max_batch_size: 8", "max_batch_size: 0"),
                        ["unbatched_dims/config.pbtxt", "'input[0].dims'", "max_batch_size 0"]),
 }
@@ -162,6 +175,9 @@ def build_repo(root: Path) -> Path:
 
     write_model(root, "autofill", 1, identity_model("FP32"))  # no input/output declared: the graph decides
     (root / "autofill" / "config.pbtxt").write_text("instance_group [ { count: 2 kind: KIND_CPU } ]\n")
+
+    write_model(root, "prio", 1, add_sub_model())
+    (root / "prio" / "config.pbtxt").write_text(add_sub_pbtxt("prio", PRIORITIES))
 
     write_model(root, "ovr", 1, identity_model("FP32"))
     (root / "ovr" / "config.pbtxt").write_text("max_batch_size: 8\n")
@@ -260,6 +276,26 @@ def test_honoured_fields_show_in_config_and_behaviour(srv: ServerThread) -> None
     for c in (h, g):  # a request larger than max_batch_size (8) is split and reassembled
         out = c.infer("good", add_sub_inputs(mod_of(c), rows=11), model_version="1")
         assert out.as_numpy("OUTPUT1").shape == (11, 16)
+
+
+def test_priority_fields_are_honoured(srv: ServerThread) -> None:
+    h, g = clients(srv)
+    mv = srv.app.registry.get("prio")
+    c = mv.config
+    assert (c.priority_levels, c.default_priority_level, c.priority_queue_size) == (3, 2, ((3, 6),))
+    assert mv.batcher.queue.level_limits == {3: 6} and mv.admit.default_level == 2
+    db = h.get_model_config("prio")["dynamic_batching"]
+    assert (db["priority_levels"], db["default_priority_level"]) == (3, 2)
+    assert db["priority_queue_policy"]["3"]["max_queue_size"] == 6
+    gdb = g.get_model_config("prio").config.dynamic_batching
+    assert gdb.priority_levels == 3 and gdb.priority_queue_policy[3].max_queue_size == 6
+    for cl in (h, g):
+        assert cl.infer("prio", add_sub_inputs(mod_of(cl)), priority=1).as_numpy("OUTPUT0").shape == (1, 16)
+        assert "'priority'" in error_of(cl.infer, "prio", add_sub_inputs(mod_of(cl)), priority=4)
+    served = h.get_model_config("prio")  # read back, it loads the same
+    g.load_model("prio", config=json.dumps(served))
+    assert h.get_model_config("prio") == served
+    h.load_model("prio")
 
 
 def test_declared_dims_are_what_clients_must_send(srv: ServerThread) -> None:

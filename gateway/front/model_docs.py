@@ -71,6 +71,11 @@ def model_config(mv: ModelVersion) -> dict[str, Any]:
                                      "default_timeout_microseconds": c.timeout_us,
                                      "allow_timeout_override": True},
         }
+        if c.priority_levels:
+            out["dynamic_batching"].update(
+                priority_levels=c.priority_levels, default_priority_level=c.default_level,
+                priority_queue_policy={str(lv): {"max_queue_size": n, "allow_timeout_override": True}
+                                       for lv, n in c.priority_queue_size})
     if mv.triton and mv.triton.warmup:
         out["model_warmup"] = [s.to_triton() for s in mv.triton.warmup]
     return out

@@ -9,6 +9,8 @@ Invariants:
   (``call_soon``): uvloop's timers have millisecond resolution. Longer waits use a timer that
   fires ~1 ms early and then poll.
 - Every output of a batch must have as many rows as went in, or the whole batch fails.
+- Each batch's busy time (pack to the last callback) feeds ``cost`` (``BatchCost``), from which
+  ``expected`` tells the admit stage how long the work queued ahead of a request takes.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from gateway.backends.base import Backend, Outputs
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
-from gateway.pipeline.batch_queue import BatchQueue, Pending
+from gateway.pipeline.batch_queue import BatchCost, BatchQueue, Pending
 from gateway.pipeline.target import Done
 from gateway.pipeline.validate import Signature, bucket_key
 from gateway.types import InferRequest, InferResponse
@@ -96,11 +98,13 @@ class Batcher:
         self._loop = loop
         self.queue = BatchQueue(config.max_batch_size, config.max_queue_delay_us / 1e6,
                                 config.preferred_batch_sizes, config.max_queue_size,
-                                config.release_on_deadline)
+                                config.release_on_deadline, max(1, config.priority_levels),
+                                config.priority_aging_us / 1e6, dict(config.priority_queue_size))
         self.queue.on_withdraw = self._withdrawn
         self.in_flight = 0
         self.executing = 0  # queued units handed to an async backend and not back yet
         self.compute_estimate_s = 0.0
+        self.cost = BatchCost()
         self._soon: asyncio.Handle | None = None  # a flush on the next loop pass
         self._timer: asyncio.TimerHandle | None = None  # a flush when a delay or deadline comes due
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -114,14 +118,33 @@ class Batcher:
     def outstanding(self) -> tuple[int, int]:
         """(units queued, units executing) now, for gauges read at scrape time (walks the queue).
         A unit is a request, or one chunk of a request split above max_batch_size."""
-        queued = sum(1 for q in self.queue.buckets.values() for p in q if not p.cancelled)
+        queued = sum(1 for p in self.queue.items() if not p.cancelled)
         return queued, self.executing
 
     # ---- intake ----------------------------------------------------------------------------
+    def expected(self, rows: int, level: int, now: float) -> tuple[float, float]:
+        """(seconds until its batch starts, seconds until it is answered) for a request of ``rows`` at
+        priority ``level`` queued ``now``: the rows ranked ahead of it, drained in full batches at the
+        measured batch cost, ``capacity`` at a time. (0, 0) until a batch has been measured. The
+        batching delay is not counted: it ends early once a batch fills."""
+        cost = self.cost
+        if not cost.known:
+            return 0.0, 0.0
+        mbs = self.config.max_batch_size or 1
+        slots = 1 if self.backend.inline else self.backend.capacity
+        full, part = divmod(self.queue.rows_ahead(level, now), mbs)
+        t_full = cost.seconds(mbs)
+        start = full * t_full / slots
+        if self.in_flight >= slots:  # every instance busy: on average half a batch to go
+            start += 0.5 * t_full
+        mine = part + rows
+        more, last = divmod(mine - 1, mbs)  # batches of its own beyond the first (a split request)
+        return start, start + more * t_full / slots + cost.seconds(last + 1)
+
     def enqueue(self, request: InferRequest, done: Done, rows: int, now: float, deadline: float,
-                eager: bool = False) -> Ticket | SplitGroup:
+                eager: bool = False, level: int = 1) -> Ticket | SplitGroup:
         """Queue a request the admit stage accepted (``rows`` checked against the signature and
-        the queue bound, ``deadline`` fixed). ``eager``: when the backend is idle, runs inline,
+        the queue bound, ``deadline`` and priority ``level`` fixed). ``eager``: when the backend is idle, runs inline,
         nothing is queued and no delay is configured, run it now instead of on the next loop
         pass; for callers whose requests arrive one per loop pass (grpc.aio), waiting a pass only
         costs latency and CPU."""
@@ -134,13 +157,13 @@ class Batcher:
             group = SplitGroup(request, done, n)
             for i in range(n):
                 chunk = {k: v[i * mbs:(i + 1) * mbs] for k, v in request.inputs.items()}
-                p = Pending(request, chunk, min(mbs, rows - i * mbs), now, deadline, None, key)
+                p = Pending(request, chunk, min(mbs, rows - i * mbs), now, deadline, None, key, level)
                 p.group, p.index = group, i
                 group.parts.append(p)
                 q.add(p)
             ticket = group
         else:
-            ticket = Pending(request, request.inputs, rows, now, deadline, done, key)
+            ticket = Pending(request, request.inputs, rows, now, deadline, done, key, level)
             q.add(ticket)
         self.stats.queue_rows = q.rows
         if (eager and q.rows == rows and self._soon is None and self._timer is None and not self.in_flight
@@ -273,7 +296,9 @@ class Batcher:
                 p.group.part_done(p.index, outs, None, make)
             else:
                 p.done(make(p.request, outs), None)  # type: ignore[misc]
-        self.stats.record_batch(items, rows, t0, t1, t2, t3, self.clock())
+        t4 = self.clock()
+        self.stats.record_batch(items, rows, t0, t1, t2, t3, t4)
+        self.cost.observe(rows, t4 - t0)
 
     def _response(self, request: InferRequest, outs: dict[str, np.ndarray]) -> InferResponse:
         wanted = request.outputs

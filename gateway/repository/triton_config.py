@@ -57,9 +57,7 @@ _HINT = {
     "model_operations": "custom operator libraries",
     "model_repository_agents": "repository agents",
     "model_metrics": "custom metric buckets",
-    "priority_levels": "the batcher has no priorities",
-    "default_priority_level": "the batcher has no priorities",
-    "priority_queue_policy": "the batcher has no priorities",
+    "default_timeout_microseconds": "per-priority timeouts",
     "preserve_ordering": "responses leave in completion order",
     "timeout_action": "expired requests are refused, never delayed",
     "decoupled": "decoupled models: zero or many responses per request",
@@ -273,7 +271,8 @@ def _version_policy(r: _Reader, vp: Any) -> Any:
 
 
 def _dynamic_batching(r: _Reader, db: Any, mbs: int, autofill: bool) -> dict[str, Any]:
-    r.only(db, {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy"}, "dynamic_batching.")
+    r.only(db, {"preferred_batch_size", "max_queue_delay_microseconds", "default_queue_policy", "priority_levels",
+                "default_priority_level", "priority_queue_policy"}, "dynamic_batching.")
     out: dict[str, Any] = {"max_queue_delay_us": int(db.max_queue_delay_microseconds)}
     pref = list(db.preferred_batch_size)
     if pref:
@@ -292,6 +291,31 @@ def _dynamic_batching(r: _Reader, db: Any, mbs: int, autofill: bool) -> dict[str
             out["max_queue_size"] = int(qp.max_queue_size)
         if qp.default_timeout_microseconds:
             out["timeout_us"] = int(qp.default_timeout_microseconds)
+    out.update(_priorities(r, db))
+    return out
+
+
+def _priorities(r: _Reader, db: Any) -> dict[str, Any]:
+    """Triton's priority fields, checked by Triton's rules; without levels Triton ignores the others."""
+    levels = int(db.priority_levels)
+    if not levels:
+        return {}
+    default = int(db.default_priority_level)
+    if not 1 <= default <= levels:
+        raise r.fail("dynamic_batching.default_priority_level", f"is {default}; with priority_levels {levels} "
+                     f"it must be in 1..{levels} (Triton's rule)")
+    sizes: dict[str, int] = {}
+    for level in sorted(db.priority_queue_policy):
+        at = f"dynamic_batching.priority_queue_policy[{level}]"
+        if not 1 <= level <= levels:
+            raise r.fail(at, f"names level {level}; levels are 1..priority_levels ({levels})")
+        qp = db.priority_queue_policy[level]
+        r.only(qp, {"max_queue_size", "allow_timeout_override"}, at + ".")
+        if qp.max_queue_size:
+            sizes[str(level)] = int(qp.max_queue_size)
+    out: dict[str, Any] = {"priority_levels": levels, "default_priority_level": default}
+    if sizes:
+        out["priority_queue_size"] = sizes
     return out
 
 
