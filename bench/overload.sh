@@ -15,7 +15,8 @@ batch=${1:-1}; secs=${2:-10}; factors=${3:-"0.5 1 1.5 2 3"}
 wait_us=${WAIT_US:-50000}; timeout_s=${TIMEOUT_S:-1}; kind=${MODEL:-demo}
 py=${PYTHON:-python3}
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+# servers start inside $(...) subshells: their pids are kept in files, not in this shell's jobs
+trap 'kill $(cat "$tmp"/*.pid 2>/dev/null) 2>/dev/null || true; sleep 1; rm -rf "$tmp"' EXIT
 port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 serve() {  # serve WAIT_US -> prints the HTTP port; the demo repository with that admission SLO
   local repo="$tmp/repo$1" p; p=$(port)
@@ -37,8 +38,9 @@ PY
     "$py" -m gateway demo export "$repo" >/dev/null
   fi
   printf 'max_queue_wait_us = %s\n' "$1" >> "$repo/mlp/config.toml"
-  GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$repo" --http-port "$p" --grpc-port -1 \
-    >"$tmp/serve$1.log" 2>&1 &
+  GATEWAY_LOG_LEVEL=WARNING GATEWAY_DRAIN_S=0 "$py" -m gateway serve --model-repository "$repo" --http-port "$p" \
+    --grpc-port -1 >"$tmp/serve$1.log" 2>&1 &
+  echo $! > "$tmp/serve$1.pid"
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/v2/health/ready" >/dev/null && break; sleep 0.3; done
   echo "$p"
 }
