@@ -14,7 +14,7 @@ conc=${2:-64}
 rounds=${3:-3}
 py=${PYTHON:-python3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/_lib.sh
 repo=$(mktemp -d)
 lua=$(mktemp --suffix=.lua)
 hidden=${HIDDEN:-1024}  # the mlp's hidden width: what one row costs to compute (the demo's is 256)
@@ -30,7 +30,7 @@ GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$repo/model
   --grpc-port "$grpc_port" >/tmp/bench_coalesce_gw.log 2>&1 &
 gw=$!
 trap 'kill $gw 2>/dev/null || true; wait 2>/dev/null; rm -rf "$repo" "$lua"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/v2/health/ready" >/dev/null && break; sleep 0.3; done
+wait_ready "$gw_port"
 cat > "$lua" <<'LUA'
 local rest = {}
 for i = 1, 62 do rest[i] = string.format("%.4f", (i % 17) / 17) end

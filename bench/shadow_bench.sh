@@ -12,7 +12,7 @@ conc=${2:-64}
 rounds=${3:-3}
 py=${PYTHON:-python3}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
-port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/_lib.sh
 gw_port=$(port); grpc_port=$(port)
 token=bench-token
 GATEWAY_ADMIN_TOKEN=$token GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --demo --http-port "$gw_port" \
@@ -20,7 +20,7 @@ GATEWAY_ADMIN_TOKEN=$token GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --de
 gw=$!
 lua=$(mktemp --suffix=.lua)
 trap 'kill $gw 2>/dev/null || true; wait 2>/dev/null; rm -f "$lua"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/v2/health/ready" >/dev/null && break; sleep 0.3; done
+wait_ready "$gw_port"
 data=$("$py" -c "import random; random.seed(7); print(','.join(f'{random.uniform(-1,1):.6f}' for _ in range(64)))")
 cat > "$lua" <<LUA
 wrk.method = "POST"

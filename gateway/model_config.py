@@ -156,7 +156,8 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
         raise fail(sorted(unknown)[0], f"is not a known setting (known: {', '.join(sorted(_FIELDS))})")
     values: dict[str, Any] = {}
     for key in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "instances", "intra_op_threads",
-                "timeout_us", "inline_threshold_us"):
+                "timeout_us", "inline_threshold_us", "coalesce_max_waiters", "response_cache_bytes",
+                "priority_levels", "default_priority_level", "priority_aging_us", "max_queue_wait_us"):
         if key in raw:
             v = raw[key]
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -166,6 +167,8 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
         raise fail("instances", "must be at least 1")
     if values.get("max_queue_size", 1) < 1:
         raise fail("max_queue_size", "must be at least 1")
+    if values.get("coalesce_max_waiters", 1) < 1:
+        raise fail("coalesce_max_waiters", "must be at least 1")
     if "preferred_batch_sizes" in raw:
         p = raw["preferred_batch_sizes"]
         if not isinstance(p, list) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in p):
@@ -175,13 +178,6 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
         if not isinstance(raw["coalesce"], bool):
             raise fail("coalesce", f"must be true or false, got {raw['coalesce']!r}")
         values["coalesce"] = raw["coalesce"]
-    for key in ("coalesce_max_waiters", "response_cache_bytes"):
-        if key in raw:
-            v = raw[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "coalesce_max_waiters" else 0):
-                raise fail(key, f"must be a {'positive' if key == 'coalesce_max_waiters' else 'non-negative'} "
-                                f"integer, got {v!r}")
-            values[key] = v
     if "response_cache_ttl_s" in raw:
         v = raw["response_cache_ttl_s"]
         if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
@@ -211,12 +207,7 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
 def _parse_admission(raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) -> None:
     """Priorities and admission: priority_levels, default_priority_level, priority_queue_size,
     priority_aging_us, max_queue_wait_us."""
-    for key in ("priority_levels", "default_priority_level", "priority_aging_us", "max_queue_wait_us"):
-        if key in raw:
-            v = raw[key]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise fail(key, f"must be a non-negative integer, got {v!r}")
-            values[key] = v
+    # (their integers were checked with the others in parse_config)
     if values.get("priority_aging_us", 1) < 1:
         raise fail("priority_aging_us", "must be at least 1 (lower priorities must not starve)")
     levels = values.get("priority_levels", 0)

@@ -209,8 +209,7 @@ def traffic_families(traffic: TrafficControl) -> list[Metric]:
     for name, m in sorted(traffic.models.items()):
         p = m.policy
         for v in sorted(m.versions, key=int):
-            w = p.weights.get(v, 0.0) if p is not None and p.weights else (100.0 if v == m.stable else 0.0)
-            weight.add_metric([name, v], w)
+            weight.add_metric([name, v], m.weight(v))
         for v, verdict in sorted(m.verdicts.items()):
             for state in ("ok", "insufficient", "breach"):
                 guard.add_metric([name, v, state], 1.0 if verdict.state == state else 0.0)

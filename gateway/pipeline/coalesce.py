@@ -101,13 +101,12 @@ class _Flight:
     """One computation: its leader (the request that started it; the flight is the leader's ticket)
     and, only once someone joins, the followers. A flight nobody joined costs one object."""
 
-    __slots__ = ("owner", "key", "lead_done", "lead", "lead_gone", "followers", "live", "ticket", "finished")
+    __slots__ = ("owner", "key", "lead_done", "lead_gone", "followers", "live", "ticket", "finished")
 
-    def __init__(self, owner: Coalescer, key: tuple[Any, ...], done: Done, request: InferRequest) -> None:
+    def __init__(self, owner: Coalescer, key: tuple[Any, ...], done: Done) -> None:
         self.owner = owner
         self.key = key
         self.lead_done = done
-        self.lead = request
         self.lead_gone = False
         self.followers: list[_Waiter] | None = None
         self.live = 1
@@ -180,6 +179,8 @@ class Coalescer:
         self.stats = stats
         self.clock = clock
         self.timeout_us = config.timeout_us
+        self.coalescing = config.coalesce
+        """False: a cache without single-flight (a model that opted out but caches)."""
         self.max_waiters = config.coalesce_max_waiters
         self.flights: dict[tuple[Any, ...], _Flight] = {}
         self.cache: OrderedDict[tuple[Any, ...], tuple[float, dict[str, np.ndarray], int]] | None = (
@@ -204,12 +205,13 @@ class Coalescer:
             hit = self._lookup(key)
             if hit is not None:
                 return hit(request, done)
-        flight = self.flights.get(key)
-        if flight is not None and flight.live < self.max_waiters:
-            return self._join(flight, request, done)
-        flight = _Flight(self, key, done, request)
+        if self.coalescing:
+            flight = self.flights.get(key)
+            if flight is not None and flight.live < self.max_waiters:
+                return self._join(flight, request, done)
+        flight = _Flight(self, key, done)
         flight.ticket = self.inner.submit(request, flight, eager)  # a refusal raises: nothing kept
-        if not flight.finished:  # (an eager backend may have answered inside submit)
+        if self.coalescing and not flight.finished:  # (an eager backend may have answered inside submit)
             self.flights[key] = flight
         return flight
 
@@ -267,7 +269,7 @@ class Coalescer:
         # The new computation has no leader of its own: every waiter is a follower of it (their
         # tickets are their _Waiter objects), and it lives while one of them does.
         lead = max(alive, key=lambda w: w.deadline)
-        again = _Flight(self, flight.key, _nobody, lead.request)
+        again = _Flight(self, flight.key, _nobody)
         again.lead_gone = True
         again.followers = alive
         again.live = len(alive)
@@ -368,17 +370,7 @@ class Coalescer:
 def wrap(target: Target, name: str, version: str, config: ModelConfig, stats: ModelStats,
          clock: Callable[[], float] = time.perf_counter) -> Target:
     """The version's target behind this stage: the coalescer, or the target itself when the model
-    opted out of coalescing and has no cache."""
+    opted out of coalescing and has no cache (then the stage costs nothing)."""
     if not config.coalesce and config.response_cache_bytes <= 0:
         return target
-    if not config.coalesce:
-        return _CacheOnly(target, name, version, config, stats, clock)
     return Coalescer(target, name, version, config, stats, clock)
-
-
-class _CacheOnly(Coalescer):
-    """A cache without single-flight (a model that opted out of coalescing but caches)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.max_waiters = 0  # every miss computes on its own

@@ -117,9 +117,12 @@ def _number(value: Any, where: str, lo: float = 0.0, hi: float = math.inf, lo_op
     return float(value)
 
 
-def _table(value: Any, where: str, keys: Collection[str]) -> Mapping[str, Any]:
+def _table(value: Any, where: str, keys: Collection[str] | None) -> Mapping[str, Any]:
+    """``value`` as a table whose keys are among ``keys`` (None: any key)."""
     if not isinstance(value, Mapping):
         raise PolicyError(f"{where}: must be a table (a JSON object), got {type(value).__name__}")
+    if keys is None:
+        return value
     for k in value:
         if k not in keys:
             raise PolicyError(f"{where}.{k}: is not a known key (known: {', '.join(sorted(keys))})")
@@ -138,7 +141,7 @@ def parse_policy(doc: Any, where: str = "traffic") -> TrafficPolicy:
     doc = _table(doc, where, _KEYS)
     weights: dict[str, float] = {}
     if "weights" in doc:
-        raw = _table(doc["weights"], f"{where}.weights", _AnyKey())
+        raw = _table(doc["weights"], f"{where}.weights", None)
         for k, w in raw.items():
             v = _version(k, f"{where}.weights.{k}")
             weights[v] = _number(w, f"{where}.weights.{k}", 0.0, 1e9)
@@ -224,16 +227,3 @@ def check_versions(policy: TrafficPolicy, versions: Collection[str], where: str 
 
 def _list(versions: Collection[str]) -> str:
     return ", ".join(sorted(versions, key=int)) or "none"
-
-
-class _AnyKey:
-    """Any key is allowed (the weights table is keyed by version)."""
-
-    def __contains__(self, key: object) -> bool:
-        return True
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0

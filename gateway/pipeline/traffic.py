@@ -15,6 +15,7 @@ requests to a canary count in its window too (they are its traffic as much as th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -94,6 +95,13 @@ class ModelTraffic:
         p = self.policy
         return p.stable if p is not None and p.stable else self.default
 
+    def weight(self, version: str) -> float:
+        """Percent of unpinned requests ``version`` takes under the policy in force."""
+        p = self.policy
+        if p is not None and p.weights:
+            return p.weights.get(version, 0.0)
+        return 100.0 if version == self.stable else 0.0
+
     def event(self, kind: str, version: str, reason: str) -> None:
         self.events.append({"time": time.time(), "event": kind, "version": version, "reason": reason})
 
@@ -108,8 +116,7 @@ class ModelTraffic:
                 policy = policy.with_weights(weights) if weights else TrafficPolicy(
                     sticky_key=policy.sticky_key, shadow=policy.shadow)
             if policy.shadow is not None and policy.shadow.version not in self.versions:
-                from dataclasses import replace
-                policy = replace(policy, shadow=None)
+                policy = dataclasses.replace(policy, shadow=None)
             if not policy.weights and policy.shadow is None:
                 policy = None
         self.policy = policy
@@ -229,11 +236,9 @@ class ModelTraffic:
         log.info("model %s: version %s now takes %g%%", self.name, canary, weight)
 
     def promote_to(self, canary: str, reason: str) -> None:
-        from dataclasses import replace
-
         p = self.policy
         assert p is not None
-        self.policy = replace(p.with_weights({canary: 100.0}), stable=canary, steps=())
+        self.policy = dataclasses.replace(p.with_weights({canary: 100.0}), stable=canary, steps=())
         self.rollout = None
         self.verdicts.pop(canary, None)
         self.event("promote", canary, reason)
@@ -245,8 +250,7 @@ class ModelTraffic:
         now = self.clock()
         arms: dict[str, Any] = {}
         for v in sorted(self.versions, key=int):
-            weight = (p.weights.get(v, 0.0) if p is not None and p.weights else (100.0 if v == self.stable else 0.0))
-            arm: dict[str, Any] = {"weight": weight, "stable": v == self.stable}
+            arm: dict[str, Any] = {"weight": self.weight(v), "stable": v == self.stable}
             verdict = self.verdicts.get(v)
             if verdict is not None:
                 arm["guard"] = {"state": verdict.state, "reasons": list(verdict.reasons)}
