@@ -32,6 +32,7 @@ from gateway.logs import configure_logging
 from gateway.observe.metrics import make_metrics_registry
 from gateway.observe.workers import REPOSITORY_LOCKED, TRAFFIC_LOCKED, WorkerStats
 from gateway.pipeline.admit import InflightCap
+from gateway.pipeline.door import Door
 from gateway.pipeline.traffic import TrafficSettings
 from gateway.settings import ServerSettings
 from gateway.shm import SharedMemoryRegistry
@@ -71,7 +72,8 @@ class App:
                                     settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s,
                                     settings.shadow_max_loop_busy),
             inflight=(InflightCap(settings.max_inflight_requests, settings.max_inflight_bytes)
-                      if settings.max_inflight_requests or settings.max_inflight_bytes else None))
+                      if settings.max_inflight_requests or settings.max_inflight_bytes else None),
+            door=Door(settings.shed_loop_lag_ms / 1000))
         self.registry = pipeline.registry
         self.router = pipeline.router
         self.traffic = pipeline.traffic
@@ -97,6 +99,7 @@ class App:
     async def start(self) -> None:
         await self.registry.load_all()
         self.traffic.start()
+        self.dataplane.door.start()
         await self.http.start()
         if self.settings.grpc_port >= 0:
             from gateway.front.grpc.server import start_grpc_front
@@ -114,6 +117,7 @@ class App:
         if self.worker_stats is not None:
             self.worker_stats.stop()  # the final numbers, for peers still answering scrapes
         self.traffic.stop()
+        self.dataplane.door.stop()
         await self.registry.close()
         self.shm.close()
         if self._tmp is not None:

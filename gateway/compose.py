@@ -17,6 +17,7 @@ from gateway.backends.base import BackendFactory
 from gateway.backends.onnx import OnnxFactory
 from gateway.dataplane import DataPlane
 from gateway.pipeline.admit import InflightCap
+from gateway.pipeline.door import Door
 from gateway.pipeline.route import Router
 from gateway.pipeline.traffic import TrafficControl, TrafficSettings
 from gateway.repository.registry import ModelRegistry
@@ -36,7 +37,7 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
                    repository_locked: str = "", traffic_locked: str = "",
                    traffic: TrafficSettings | None = None,
                    peers: Callable[[], list[dict[str, Any]]] | None = None,
-                   inflight: InflightCap | None = None) -> Pipeline:
+                   inflight: InflightCap | None = None, door: Door | None = None) -> Pipeline:
     holder: list[ModelRegistry] = []
     router = Router(lambda name, version: holder[0].miss(name, version))
     control = TrafficControl(router, traffic, locked=traffic_locked)
@@ -44,5 +45,5 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
                              strict_readiness=strict_readiness)
     holder.append(registry)
     dataplane = DataPlane(registry, router, control, server_name=server_name, shm=shm, peers=peers,
-                          repository_locked=repository_locked, inflight=inflight)
+                          repository_locked=repository_locked, inflight=inflight, door=door)
     return Pipeline(registry, router, control, dataplane)

@@ -29,6 +29,7 @@ from gateway import __version__
 from gateway.errors import Code, GatewayError, not_found
 from gateway.observe.stats import Totals
 from gateway.pipeline.admit import InflightCap
+from gateway.pipeline.door import Door
 from gateway.pipeline.route import ModelRoute, Router
 from gateway.pipeline.target import Done, Ticket
 from gateway.pipeline.traffic import TrafficControl
@@ -52,11 +53,12 @@ class DataPlane:
                  server_name: str = "inference-gateway",
                  shm: SharedMemoryRegistry | None = None,
                  peers: Callable[[], list[dict[str, Any]]] | None = None, repository_locked: str = "",
-                 inflight: InflightCap | None = None) -> None:
+                 inflight: InflightCap | None = None, door: Door | None = None) -> None:
         """``shm``: system shared-memory regions, for the fronts' decode and encode (None: not served).
         ``peers``: the other workers' latest snapshot documents (``export`` form), read per scrape.
         ``repository_locked``: when set, load/unload are refused with this message (``--workers N``).
-        ``inflight``: the server-wide caps on infer requests held (None: none)."""
+        ``inflight``: the server-wide caps on infer requests held (None: none).
+        ``door``: shedding at the door by loop lag, which the fronts ask before decoding (None: off)."""
         self.registry = registry
         self.router = router
         self.traffic = traffic
@@ -65,6 +67,7 @@ class DataPlane:
         self.peers = peers
         self.repository_locked = repository_locked
         self.inflight = inflight
+        self.door = door or Door(0.0)
         self.unresolved: dict[tuple[str, str], int] = {}  # (model label, Code name) -> failed requests
         extensions = SERVED_EXTENSIONS + ([SHM_EXTENSION] if shm is not None and shm.enabled else [])
         self._metadata = {"name": server_name, "version": __version__, "extensions": extensions}

@@ -109,6 +109,10 @@ class ServerSettings:
     429 / RESOURCE_EXHAUSTED + Retry-After at once, before routing. 0: no cap."""
     max_inflight_bytes: int = 1024 * 1024 * 1024
     """Tensor bytes of those requests; past it 429 at once (a request alone always gets in). 0: no cap."""
+    shed_loop_lag_ms: float = 50.0
+    """Shedding at the door: while the event loop runs more than this late, infer requests are refused
+    (429 / RESOURCE_EXHAUSTED + Retry-After) before their body is decoded; health, metadata and
+    /metrics are always served. 0: off."""
 
     @classmethod
     def load(
@@ -165,7 +169,7 @@ class ServerSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"setting {name} must be > 0, got {getattr(self, name)}")
         for name in ("max_connections", "fd_reserve", "health_connections", "max_inflight_requests",
-                     "max_inflight_bytes"):
+                     "max_inflight_bytes", "shed_loop_lag_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting {name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.http_port <= 65535:

@@ -98,6 +98,7 @@ class HttpOpenLoop:
         self.late = 0
         self.loop = asyncio.get_running_loop()
         self._grow_timer: asyncio.TimerHandle | None = None
+        self._connects: set[asyncio.Task[None]] = set()  # connects in progress, cancelled at the end
 
     async def prepare(self, n: int) -> None:
         """Open ``n`` connections before the clock starts (failures surface here, not as errors)."""
@@ -139,7 +140,9 @@ class HttpOpenLoop:
         while (self.connecting < len(self.pending) and self.connecting < _MAX_PARALLEL_CONNECTS
                and len(self.conns) + self.connecting < self.max_conns):
             self.connecting += 1
-            self.loop.create_task(self._connect())
+            task = self.loop.create_task(self._connect())
+            self._connects.add(task)
+            task.add_done_callback(self._connects.discard)
         self._grow_timer = self.loop.call_later(self.grow_after_s, self._grow)
 
     async def _connect(self) -> None:
@@ -207,6 +210,18 @@ class HttpOpenLoop:
         if self._grow_timer is not None:
             self._grow_timer.cancel()
         for conn in list(self.conns):
+            conn.abort()
+
+    async def aclose(self) -> None:
+        """Close, and end the connects still in progress (a server past its accept queue leaves
+        some pending): a task left pending when the loop closes is reported as destroyed."""
+        self.close()
+        tasks = list(self._connects)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in list(self.conns):  # opened by a connect that finished while being cancelled
             conn.abort()
 
 

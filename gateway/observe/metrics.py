@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 
 from gateway.dataplane import DataPlane
 from gateway.observe.stats import STAGES, Totals
+from gateway.pipeline.door import Door
 from gateway.pipeline.traffic import TrafficControl
 
 # Triton's failure reasons, from our neutral error codes: REJECTED is the scheduler turning a
@@ -234,6 +235,17 @@ def traffic_families(traffic: TrafficControl) -> list[Metric]:
             unattributed]
 
 
+def door_families(door: Door) -> list[Metric]:
+    """Shedding at the door (this process: every worker has its own loop)."""
+    refused = CounterMetricFamily("gateway_door_refused",
+                                  "Infer requests refused before decoding because the event loop ran late.")
+    refused.add_metric([], door.refused)
+    lag = GaugeMetricFamily("gateway_loop_lag_seconds",
+                            "Largest event-loop lag seen since the previous scrape (0 when shedding is off).")
+    lag.add_metric([], door.take_max_lag())
+    return [refused, lag]
+
+
 class GatewayMetrics:
     """The /metrics document of one gateway: rendered from the data plane's totals at scrape time."""
 
@@ -245,7 +257,7 @@ class GatewayMetrics:
         peers = dp.peer_docs()  # read once per scrape
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
-        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic)
+        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic) + door_families(dp.door)
         return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
 

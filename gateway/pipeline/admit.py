@@ -68,7 +68,7 @@ class Admit:
                 raise GatewayError(Code.INVALID_ARGUMENT,
                                    f"request has {rows} rows; model '{self.name}' queues at most "
                                    f"{q.max_queue_rows} (max_queue_size)")
-            if not q.has_room(rows, level):
+            if not q.has_room(rows, level) and not (self.batcher.drain_inline() and q.has_room(rows, level)):
                 raise self._full(rows, level)
             now = self.clock()
             timeout_us = request.timeout_us or self.timeout_us

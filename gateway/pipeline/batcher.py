@@ -176,6 +176,18 @@ class Batcher:
             self._soon = self.loop.call_soon(self._flush)
         return ticket
 
+    def drain_inline(self) -> bool:
+        """Run what is queued now, if the backend runs inline and is idle; True if anything ran.
+
+        The admit stage asks before refusing a request the queue has no room for. An inline
+        backend is otherwise flushed only once the loop's pass ends, and a long pass (hundreds of
+        ready connections) would fill the queue and then decode requests only to refuse them.
+        What completes here was submitted earlier: the caller's own request is not yet queued."""
+        if not (self.backend.inline and not self.in_flight and self.queue.rows):
+            return False
+        self._flush()
+        return True
+
     def _withdrawn(self) -> None:
         """Queued work was cancelled: drop (and count) it on the next pass, not when the delay it
         waited for comes due."""

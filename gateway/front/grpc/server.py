@@ -96,6 +96,7 @@ class InferenceServicer:
 
     def __init__(self, dataplane: DataPlane, budget: ByteBudget | None = None) -> None:
         self._dp = dataplane
+        self._door = dataplane.door
         self._budget = budget or ByteBudget(1 << 62)
 
     # ---- health and metadata ---------------------------------------------------------------
@@ -129,6 +130,8 @@ class InferenceServicer:
         size = 0
         infer_request = plan = None
         try:
+            if self._door.refuse():  # the loop is late: refuse before the decode
+                raise self._dp.door.error()
             infer_request, plan = decode_infer_request(request, deadline_us(context), self._dp.shm)
             size = self._budget.take(infer_request)
             route = self._dp.route_of(infer_request.model_name)

@@ -75,6 +75,8 @@ class _Stream:
         self.tickets[seq] = None  # placeholder: done may run before submit returns
         req = None
         try:
+            if self.dp.door.refuse():  # the loop is late: refuse before the decode
+                raise self.dp.door.error()
             req, plan = decode_infer_request(msg, 0, self.dp.shm)
             shm = plan.shm if plan is not None else None
             self.sizes[seq] = self.budget.take(req)

@@ -30,6 +30,7 @@ import httptools
 
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
+from gateway.front.http.accept import Listener, bind
 from gateway.front.http.admin import check_token, is_admin_path, route_admin, route_outcomes
 from gateway.front.http.codec import decode_infer, dumps, encode_infer
 from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
@@ -44,6 +45,7 @@ from gateway.types import InferResponse
 log = logging.getLogger(__name__)
 
 _JSON = b"application/json"
+_BACKLOG = 2048  # the kernel's accept queue per listening socket
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -200,7 +202,7 @@ class HttpFront:
         self.settings = settings
         self.metrics_registry = metrics_registry
         self.connections: set[HttpProtocol] = set()
-        self.server: asyncio.base_events.Server | None = None
+        self.server: Listener | None = None
         self.port = 0
         self.tick = 0
         self._sweeper: asyncio.TimerHandle | None = None
@@ -210,17 +212,20 @@ class HttpFront:
         self.refused = build_response(503, dumps({"error": (
             f"server has its {self.max_connections} HTTP connections and its "
             f"{settings.health_connections} health connections open; try again later")}), extra=_RETRY, close=True)
+        shed = dataplane.door.error()
+        self.shed_answers = (error_response(shed, close=True), error_response(shed))  # by keep-alive
 
     async def start(self, sock: Any = None) -> None:
         loop = asyncio.get_running_loop()
         protocol = self.protocol
         if sock is not None:
-            self.server = await loop.create_server(lambda: protocol(self), sock=sock, backlog=2048)
+            sock.listen(_BACKLOG)
+            socks = [sock]
         else:
-            self.server = await loop.create_server(lambda: protocol(self), self.settings.host,
-                                                   self.settings.http_port, backlog=2048, reuse_address=True,
-                                                   reuse_port=self.settings.workers > 1)
-        self.port = self.server.sockets[0].getsockname()[1]
+            socks = bind(self.settings.host, self.settings.http_port, _BACKLOG, self.settings.workers > 1)
+        self.server = Listener(socks, lambda: protocol(self))
+        self.server.start()
+        self.port = socks[0].getsockname()[1]
         self._sweeper = loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:
@@ -280,8 +285,6 @@ class HttpFront:
             await asyncio.sleep(0.01)
         for c in list(self.connections):
             c.close()
-        if self.server is not None:
-            await self.server.wait_closed()
 
     def infer_route(self, url: bytes) -> tuple[str, str] | None:
         """(model, version) for an infer URL, cached: the same few URLs arrive over and over.
@@ -310,12 +313,13 @@ class HttpProtocol(asyncio.Protocol):
                  "_expect_continue", "_continue_due", "_seq", "_next_write", "_parked", "_tickets", "_closing",
                  "_paused", "last_active", "_dataplane", "_max_body", "_max_head", "_max_pipelined", "_phase",
                  "_since", "_head_raw", "_reserve", "_content_encoding",
-                 "_accept_encoding", "_router", "_sticky", "_auth")
+                 "_accept_encoding", "_router", "_sticky", "_auth", "_door")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self._dataplane = front.dataplane
         self._router = front.dataplane.router
+        self._door = front.dataplane.door
         self._max_body = front.settings.max_body_bytes
         self._max_head = front.settings.max_header_bytes
         self._max_pipelined = front.settings.max_pipelined_requests
@@ -576,6 +580,10 @@ class HttpProtocol(asyncio.Protocol):
             if method == b"POST":
                 route = self.front.infer_routes.get(url) or self.front.infer_route(url)
                 if route is not None:
+                    if self._door.refuse():  # the loop is late: refuse before the decode, which costs most
+                        self._dataplane.record_rejected(route[0], route[1], Code.RESOURCE_EXHAUSTED)
+                        self._write_in_order(seq, self.front.shed_answers[keep_alive], not keep_alive)
+                        return
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
