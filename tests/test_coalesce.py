@@ -34,6 +34,7 @@ def build_repo(root: Path) -> Path:
     write_model(root, "slow", 1, mlp_model(seed=1))
     write_model(root, "slow", 2, mlp_model(seed=2), 'version_policy = "all"\n' + SLOW)
     write_model(root, "solo", 1, mlp_model(seed=1), SLOW + "coalesce = false\n")
+    write_model(root, "ranked", 1, mlp_model(seed=1), SLOW + "priority_levels = 2\nresponse_cache_bytes = 65536\n")
     write_model(root, "cached", 1, identity_model("FP32"), "response_cache_bytes = 4096\nresponse_cache_ttl_s = 0.5\n")
     write_model(root, "bad", 1, bad_rows_model(), SLOW + "response_cache_bytes = 65536\n")
     return root
@@ -115,6 +116,27 @@ def test_other_versions_outputs_or_an_opted_out_model_never_coalesce(gw: ServerT
     answers = burst(gw.http_port, "/v2/models/solo/infer", [body(X, f"s{i}") for i in range(20)])
     assert all(s == 200 for s, _ in answers)
     assert stats(gw.http_port, "solo")["inference_count"] - before["inference_count"] == 20
+
+
+def test_requests_at_different_priorities_never_share_a_flight_but_share_the_cache(gw: ServerThread) -> None:
+    """A flight runs at its leader's priority, so a high-priority duplicate must not wait in a
+    low-priority flight; an answer does not depend on the priority it was computed at."""
+    before = stats(gw.http_port, "ranked")
+    docs = []
+    for i, level in enumerate([2, 2, 1, 1, None]):  # None: the default level (2), a flight of its own
+        d = body(X, f"p{i}")
+        if level is not None:
+            d["parameters"] = {"priority": level}
+        docs.append(d)
+    answers = burst(gw.http_port, "/v2/models/ranked/infer", docs)
+    assert [s for s, _ in answers] == [200] * 5
+    mid = stats(gw.http_port, "ranked")
+    assert mid["inference_count"] - before["inference_count"] == 3  # levels 2, 1 and unset: one each
+    again = post(gw.http_port, "/v2/models/ranked/infer", {**body(X, "late"), "parameters": {"priority": 1}})
+    after = stats(gw.http_port, "ranked")
+    assert again[0] == 200 and again[1]["outputs"] == answers[0][1]["outputs"]
+    assert after["inference_count"] == mid["inference_count"]  # from the cache
+    assert after["inference_stats"]["cache_hit"]["count"] == mid["inference_stats"]["cache_hit"]["count"] + 1
 
 
 def request(model: str, x: list[float], rid: str, version: str = "", timeout_us: int = 0) -> InferRequest:

@@ -36,9 +36,9 @@ def test_a_late_tick_shuts_the_door_until_a_tick_on_time() -> None:
     clock = Clock()
     door = Door(0.05, tick_s=0.005, clock=clock)
     door.observe(100.0, 100.0)
-    assert not door.refuse()
+    assert not door.refuse() and not door.refuse()  # on time
     clock.t = 100.2
-    door.observe(100.2, 100.005)  # fired 195 ms late
+    door.observe(100.2, 100.005)  # fired 195 ms late, with two requests since the last tick
     assert door.shut and door.lag_s == pytest.approx(0.195)
     assert door.refuse() and door.refuse()
     assert door.refused == 2
@@ -48,6 +48,19 @@ def test_a_late_tick_shuts_the_door_until_a_tick_on_time() -> None:
     assert door.refused == 2
 
 
+def test_lag_with_one_request_in_it_is_that_requests_own_cost_and_sheds_nothing() -> None:
+    clock = Clock()
+    door = Door(0.05, tick_s=0.005, clock=clock)
+    door.observe(100.0, 100.0)
+    clock.t = 100.3  # one huge request held the pass for 300 ms
+    assert not door.refuse()
+    door.observe(100.3, 100.005)
+    assert not door.shut  # one request since the last tick: nobody waited behind it
+    clock.t = 100.6
+    assert not door.refuse()  # the next lone one, in a pass of its own: served too
+    assert door.refused == 0
+
+
 def test_a_pass_that_outlives_the_target_shuts_the_door_within_the_pass() -> None:
     """No tick has fired yet (the loop is still in the same pass), but it is overdue by more than
     the target: the requests read now have waited at least that long."""
@@ -55,7 +68,7 @@ def test_a_pass_that_outlives_the_target_shuts_the_door_within_the_pass() -> Non
     door = Door(0.05, tick_s=0.005, clock=clock)
     door.observe(100.0, 100.0)  # next tick due at 100.005
     clock.t = 100.054
-    assert not door.refuse()  # overdue by 49 ms: still inside the target
+    assert not door.refuse() and not door.refuse()  # overdue by 49 ms: still inside the target
     clock.t = 100.056
     assert door.refuse()
     clock.t = 100.0561
@@ -90,6 +103,7 @@ def test_on_a_real_loop_the_door_shuts_in_a_long_pass_and_reopens_after_it() -> 
         await asyncio.sleep(0.03)
         before = door.refuse()
         time.sleep(0.06)  # one pass of 60 ms: the loop does not reach its timers
+        door.refuse()  # the first request of the pass since the tick: served
         within = door.refuse()
         await asyncio.sleep(0.05)  # ticks fire on time again
         after = door.refuse()
@@ -192,44 +206,73 @@ def test_bind_gives_every_address_the_same_port() -> None:
 
 
 # ---- through the server ----------------------------------------------------------------------------
-def test_a_blocked_loop_refuses_infer_requests_before_decoding_but_serves_health(tmp_path: Path) -> None:
-    """Requests read in a pass that has run past shed_loop_lag_ms get 429 + Retry-After (counted
-    against the model and in /metrics); health and /metrics in the same pass are served."""
+# The controller's timing is tested above and under real overload in test_overload.py; here the door
+# is held shut (its timer stopped) so that what the fronts do with a refusal is deterministic.
+async def _shut(srv: ServerThread, shut: bool) -> int:
+    door = srv.app.dataplane.door  # type: ignore[union-attr]
+    door.stop()
+    if shut:
+        door.shut = True
+    else:
+        door.start()
+    return door.refused  # type: ignore[no-any-return]
+
+
+def test_a_shut_door_refuses_infer_before_decoding_and_serves_health(tmp_path: Path) -> None:
+    """429 + Retry-After, counted against the model and in /metrics; the body is never decoded (it
+    is not even valid JSON here); health and /metrics are served."""
     write_model(tmp_path, "m", 1, mlp_model(seed=1), "coalesce = false\n")
-    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32",
-                                   "data": [0.5] * 64}]}).encode()
     with ServerThread(repository=tmp_path, shed_loop_lag_ms=20) as srv:
         host, port = srv.http_url.split(":")
-        infer = socket.create_connection((host, int(port)))
-        health = socket.create_connection((host, int(port)))
-        time.sleep(0.1)  # both accepted
-
-        async def block() -> None:
-            time.sleep(0.15)  # one pass of the loop: the requests that arrive meanwhile are read after it
-
-        fut = asyncio.run_coroutine_threadsafe(block(), srv.loop)
-        time.sleep(0.02)  # the loop is inside the blocking pass now
-        infer.sendall(b"POST /v2/models/m/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
-                      + body)
-        health.sendall(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
-        fut.result(10)
-        infer_answer = infer.recv(65536)
-        health_answer = health.recv(65536)
-        assert infer_answer.startswith(b"HTTP/1.1 429"), infer_answer
-        assert b"retry-after: 1\r\n" in infer_answer and b"shed_loop_lag_ms" in infer_answer
-        assert health_answer.startswith(b"HTTP/1.1 200"), health_answer
-        infer.close()
-        health.close()
-        time.sleep(0.1)  # the loop is on time again: served
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        srv.call(_shut(srv, True))
+        conn.request("POST", "/v2/models/m/infer", b"{not json")
+        r = conn.getresponse()
+        answer = json.loads(r.read())
+        assert r.status == 429 and r.getheader("retry-after") == "1", (r.status, answer)
+        assert "shed_loop_lag_ms" in answer["error"]
+        conn.request("GET", "/v2/health/ready")
+        r = conn.getresponse()
+        assert r.status == 200
+        r.read()
+        conn.request("GET", "/metrics")
+        r = conn.getresponse()
+        metrics = r.read().decode()
+        assert r.status == 200 and "gateway_door_refused_total 1.0" in metrics
+        assert srv.call(_shut(srv, False)) == 1
+        body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 64], "datatype": "FP32",
+                                       "data": [0.5] * 64}]}).encode()
         conn.request("POST", "/v2/models/m/infer", body)
         r = conn.getresponse()
         assert r.status == 200, r.read()
         r.read()
-        conn.request("GET", "/metrics")
-        metrics = conn.getresponse().read().decode()
-        assert "gateway_door_refused_total 1.0" in metrics
         conn.request("GET", "/v2/models/m/stats")
         stats = json.loads(conn.getresponse().read())["model_stats"][0]["inference_stats"]
         assert stats["fail"]["count"] == 1 and stats["success"]["count"] == 1
         conn.close()
+
+
+def test_a_shut_door_refuses_grpc_infer_and_stream_requests_and_still_answers_health(tmp_path: Path) -> None:
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    write_model(tmp_path, "m", 1, mlp_model(seed=1), "coalesce = false\n")
+    with ServerThread(repository=tmp_path, shed_loop_lag_ms=20) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        inp = grpcclient.InferInput("INPUT0", [1, 64], "FP32")
+        inp.set_data_from_numpy(np.full((1, 64), 0.5, np.float32))
+        srv.call(_shut(srv, True))
+        with pytest.raises(InferenceServerException) as e:
+            client.infer("m", [inp])
+        assert e.value.status() == str(grpc.StatusCode.RESOURCE_EXHAUSTED) and "shed_loop_lag_ms" in e.value.message()
+        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("m")
+        answers: list[tuple[object, object]] = []
+        client.start_stream(callback=lambda result, error: answers.append((result, error)))
+        client.async_stream_infer("m", [inp], request_id="s1")
+        client.stop_stream()  # waits for the stream to end
+        assert len(answers) == 1 and answers[0][1] is not None and "shed_loop_lag_ms" in str(answers[0][1])
+        assert srv.call(_shut(srv, False)) == 2
+        assert client.infer("m", [inp]).as_numpy("OUTPUT0").shape == (1, 10)
+        client.close()

