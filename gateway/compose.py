@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends.base import BackendFactory
+from gateway.backends.kinds import Backends
 from gateway.backends.onnx import OnnxFactory
+from gateway.backends.triton import TritonFactory
 from gateway.dataplane import DataPlane
 from gateway.pipeline.admit import InflightCap
 from gateway.pipeline.door import Door
@@ -41,7 +43,7 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
     holder: list[ModelRegistry] = []
     router = Router(lambda name, version: holder[0].miss(name, version))
     control = TrafficControl(router, traffic, locked=traffic_locked)
-    registry = ModelRegistry(Path(root), backends or OnnxFactory(), control.publish,
+    registry = ModelRegistry(Path(root), backends or Backends(onnxruntime=OnnxFactory(), triton=TritonFactory()), control.publish,
                              strict_readiness=strict_readiness)
     holder.append(registry)
     dataplane = DataPlane(registry, router, control, server_name=server_name, shm=shm, peers=peers,

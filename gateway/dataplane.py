@@ -86,9 +86,10 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            return self.registry.get(name, version).ready
+            mv = self.registry.get(name, version)
         except GatewayError:
             return False
+        return mv.ready and mv.backend.ready()  # a remote model: while one of its endpoints is
 
     def model_version(self, name: str, version: str = "") -> ModelVersion:
         """A version in any state (metadata and config are shown while it loads); raises Triton's

@@ -53,6 +53,30 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """Where a ``backend = "triton"`` model runs: KServe v2 gRPC servers (Triton, or another gateway)."""
+
+    endpoints: tuple[str, ...]
+    """host:port of each server; batches are balanced over those that are healthy."""
+    model: str = ""
+    """The model's name on the servers (default: its name here)."""
+    version: str = ""
+    """The version asked for on the servers (default: theirs)."""
+    max_outstanding: int = 8
+    """Calls in flight per endpoint; past it batches wait in the queue (and admission refuses, 429)."""
+    timeout_s: float = 30.0
+    """Deadline of a call whose requests carry none."""
+    health_interval_s: float = 1.0
+    """How often each endpoint is asked ServerReady and ModelReady."""
+    breaker_failures: int = 5
+    """Consecutive failed calls that open an endpoint's circuit breaker."""
+    breaker_open_s: float = 5.0
+    """How long an open breaker keeps the endpoint out before a half-open probe."""
+    channels: int = 1
+    """gRPC channels (HTTP/2 connections) per endpoint, used in turn."""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Effective settings of one model (all its versions share them)."""
 
@@ -102,6 +126,11 @@ class ModelConfig:
     max_queue_wait_us: int = 0
     """Admission SLO: a request expected to wait longer than this before its batch starts is refused
     at once (429 + Retry-After); 0: off. A request's deadline is checked the same way, always."""
+    # ---- where it runs ----
+    backend: str = "onnxruntime"
+    """onnxruntime (a model file per version) | triton (remote servers; the config is all it needs)."""
+    remote: RemoteConfig | None = None
+    """Set when backend = "triton"."""
 
     @property
     def default_level(self) -> int:
@@ -131,7 +160,12 @@ _FIELDS = {
     "response_cache_bytes",
     "response_cache_ttl_s",
     *("priority_levels", "default_priority_level", "priority_queue_size", "priority_aging_us", "max_queue_wait_us"),
+    "backend",
+    *(f"remote_{k}" for k in ("model", "version", "max_outstanding", "timeout_s", "health_interval_s",
+                              "breaker_failures", "breaker_open_s", "channels")),
+    "endpoints",
 }
+BACKENDS = ("onnxruntime", "triton")
 
 
 def read_config_file(model_dir: Path) -> dict[str, Any]:
@@ -195,6 +229,7 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
     if "version_policy" in raw:
         values["version_policy"] = _parse_policy(raw["version_policy"], fail)
     _parse_admission(raw, fail, values)
+    _parse_remote(name, raw, fail, values)
     cfg = ModelConfig(name=name, **values)
     mbs = cfg.max_batch_size
     if mbs and any(p > mbs for p in cfg.preferred_batch_sizes):
@@ -231,6 +266,49 @@ def _parse_admission(raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) 
                 raise fail("priority_queue_size", f"[{k!r}] must be a positive number of rows, got {v!r}")
             sizes.append((level, v))
         values["priority_queue_size"] = tuple(sorted(sizes))
+
+
+def _parse_remote(name: str, raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) -> None:
+    """backend, endpoints and the remote_* settings."""
+    backend = raw.get("backend", "onnxruntime")
+    if backend not in BACKENDS:
+        raise fail("backend", f"must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    remote_keys = sorted(k for k in raw if k.startswith("remote_") or k == "endpoints")
+    if backend != "triton":
+        if remote_keys:
+            raise fail(remote_keys[0], 'is set but backend is not "triton"')
+        return
+    values["backend"] = backend
+    eps = raw.get("endpoints")
+    if (not isinstance(eps, list) or not eps
+            or not all(isinstance(e, str) and e.rpartition(":")[2].isdigit() and e.rpartition(":")[0] for e in eps)):
+        raise fail("endpoints", f'must be a non-empty list of "host:port" strings, got {eps!r}')
+    if len(set(eps)) != len(eps):
+        raise fail("endpoints", "lists an endpoint twice")
+    kw: dict[str, Any] = {"endpoints": tuple(eps)}
+    for key in ("model", "version"):
+        v = raw.get(f"remote_{key}", "")
+        if not isinstance(v, str) or (key == "version" and v and not v.isdigit()):
+            raise fail(f"remote_{key}", f"must be a {'version number as a string' if key == 'version' else 'string'}, "
+                                        f"got {v!r}")
+        kw[key] = v
+    for key in ("max_outstanding", "breaker_failures", "channels"):
+        if f"remote_{key}" in raw:
+            v = raw[f"remote_{key}"]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise fail(f"remote_{key}", f"must be a positive integer, got {v!r}")
+            kw[key] = v
+    for key in ("timeout_s", "health_interval_s", "breaker_open_s"):
+        if f"remote_{key}" in raw:
+            v = raw[f"remote_{key}"]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise fail(f"remote_{key}", f"must be a positive number of seconds, got {v!r}")
+            kw[key] = float(v)
+    for key in ("device", "execution", "instances", "intra_op_threads"):
+        if key in raw:
+            raise fail(key, 'is an onnxruntime setting; the remote servers decide it (backend = "triton")')
+    values["remote"] = RemoteConfig(**kw)
+    values["execution"] = "thread"  # never inline: a call is a network round trip
 
 
 def _parse_policy(v: Any, fail: Any) -> VersionPolicy:

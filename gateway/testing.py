@@ -97,6 +97,6 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.loop is not None and self._stop is not None and self._thread is not None:
+        if self.loop is not None and self._stop is not None and self._thread is not None and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)

@@ -27,8 +27,11 @@ class Backend(Protocol):
     """Triton platform string shown in metadata (e.g. onnxruntime_onnx)."""
     inputs: Sequence[TensorSpec]
     outputs: Sequence[TensorSpec]
-    capacity: int
-    """Batches that may run at once (instances)."""
+    @property
+    def capacity(self) -> int:
+        """Batches that may run at once (instances; a remote backend: what its endpoints take now)."""
+        ...
+
     inline: bool
     """True: ``run_inline`` on the loop thread; False: ``run_async`` completes via callback."""
     device: str
@@ -38,8 +41,10 @@ class Backend(Protocol):
         """Run one batch synchronously on the calling thread."""
         ...
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn) -> None:
-        """Start one batch elsewhere; ``done`` is called on the event loop thread."""
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = float("inf")) -> None:
+        """Start one batch elsewhere; ``done`` is called on the event loop thread. ``deadline``
+        (``time.perf_counter`` time): when the last of its requests stops waiting; a backend that
+        can (a remote call) gives up then."""
         ...
 
     def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:
@@ -48,6 +53,11 @@ class Backend(Protocol):
         ...
 
     def ready(self) -> bool: ...
+
+    def start(self) -> None:
+        """Called on the event loop once the version is built (a remote backend starts its health
+        checks); in-process backends have nothing to start."""
+        ...
 
     def cancel(self) -> None:
         """Abandon batches still running (an unload past its grace): their ``done`` gets CANCELLED
@@ -62,6 +72,10 @@ class BackendFactory(Protocol):
 
     default_filename: str
     """The model file a version directory holds when the config names none (e.g. model.onnx)."""
+
+    def filename_for(self, config: ModelConfig) -> str:
+        """The model file of a version of this model ("": none, a remote model)."""
+        ...
 
     def __call__(self, path: Path, config: ModelConfig) -> Backend:
         """A backend for the model file at ``path``; raises ``ConfigError`` naming what is wrong."""

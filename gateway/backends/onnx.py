@@ -25,6 +25,7 @@ from gateway.model_config import ConfigError, ModelConfig
 from gateway.types import ONNX_TO_DATATYPE, TensorSpec
 
 log = logging.getLogger(__name__)
+INF = float("inf")
 
 _ORT_INVALID = ("INVALID_ARGUMENT", "InvalidArgument", "Invalid rank", "Got invalid dimensions")
 
@@ -119,6 +120,9 @@ class OnnxBackend:
     def cancel(self) -> None:
         """A running ``session.run`` is not interrupted: it finishes and its batch is answered."""
 
+    def start(self) -> None:
+        pass
+
     def ready(self) -> bool:
         return not self._closed
 
@@ -144,7 +148,7 @@ class OnnxBackend:
         except Exception as exc:
             raise _translate(exc, self.model) from None
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = INF) -> None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix=f"ort-{self.model}")
             self._loop = asyncio.get_running_loop()
@@ -184,6 +188,9 @@ class OnnxFactory:
     """The repository's backend factory for ONNX models (what ``app`` injects)."""
 
     default_filename = "model.onnx"
+
+    def filename_for(self, config: ModelConfig) -> str:
+        return self.default_filename
 
     def __call__(self, path: Path, config: ModelConfig) -> OnnxBackend:
         return OnnxBackend(path, config)

@@ -75,7 +75,7 @@ class ReshapingBackend:
     def run_inline(self, feeds: dict[str, np.ndarray]) -> Outputs:
         return self._outputs(self.inner.run_inline(self._feeds(feeds)))
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = float("inf")) -> None:
         def finished(outputs: Outputs | None, err: BaseException | None) -> None:
             if outputs is not None:
                 try:
@@ -84,13 +84,16 @@ class ReshapingBackend:
                     outputs, err = None, exc
             done(outputs, err)
 
-        self.inner.run_async(self._feeds(feeds), finished)
+        self.inner.run_async(self._feeds(feeds), finished, deadline)
 
     def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:
         return self.inner.warm_up(self._feeds(feeds), inline_threshold_us)  # type: ignore[attr-defined]
 
     def cancel(self) -> None:
         self.inner.cancel()
+
+    def start(self) -> None:
+        self.inner.start()  # type: ignore[attr-defined]
 
     def ready(self) -> bool:
         return self.inner.ready()

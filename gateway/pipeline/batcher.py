@@ -262,7 +262,8 @@ class Batcher:
         else:
             self.in_flight += 1
             self.executing += len(items)
-            self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1))
+            deadline = max(p.deadline for p in items)  # the call is worth making until the last one leaves
+            self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1), deadline)
 
     def _async_done(self, items: list[Pending], rows: int, t0: float, t1: float, outputs: Outputs | None,
                     err: BaseException | None) -> None:

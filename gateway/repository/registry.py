@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,8 @@ def _config_identity(model_dir: Path, raw: Mapping[str, Any], override: str | No
 def _fingerprint(model_file: Path, config_id: str) -> tuple[Any, ...]:
     try:
         st = model_file.stat()
-    except OSError:
-        return ()
+    except OSError:  # a remote model: its configuration is all there is
+        return (None, config_id)
     return (st.st_mtime_ns, st.st_size, st.st_ino, config_id)
 
 
@@ -315,7 +316,7 @@ class ModelRegistry:
         loop = asyncio.get_running_loop()
         tc, cfg, raw, versions, policy = await loop.run_in_executor(None, self._prepare, name, model_dir, override)
         config_id = _config_identity(model_dir, raw, override)
-        filename = (tc.model_filename if tc else "") or self.backends.default_filename
+        filename = (tc.model_filename if tc else "") or self.backends.filename_for(cfg)
         built: dict[str, ModelVersion] = {}
         fresh: list[ModelVersion] = []
         try:
@@ -326,6 +327,7 @@ class ModelRegistry:
                     built[v] = kept
                     continue
                 mv = await loop.run_in_executor(None, self._build_version, name, model_dir, v, tc, cfg, raw)
+                mv.backend.start()
                 mv.fingerprint = fp
                 fresh.append(mv)
                 built[v] = mv
@@ -350,8 +352,10 @@ class ModelRegistry:
                 self.backends.check_device("cuda")
             except ConfigError as exc:
                 raise tc.fail(tc.gpu_field, "is KIND_GPU but " + str(exc).split(" but ", 1)[-1]) from None
-        filename = (tc.model_filename if tc else "") or self.backends.default_filename
+        filename = (tc.model_filename if tc else "") or self.backends.filename_for(cfg)
         on_disk = self._versions_on_disk(model_dir, filename)
+        if not on_disk and not filename:  # a remote model needs no directory: version 1 here
+            on_disk = ["1"]
         if not on_disk:
             raise ConfigError(f"model '{name}': no <version>/{filename} under {model_dir}")
         selected = cfg.version_policy.select(on_disk)
@@ -369,8 +373,12 @@ class ModelRegistry:
 
     def _build_version(self, name: str, model_dir: Path, v: str, tc: TritonConfig | None, cfg: ModelConfig,
                        raw: dict[str, Any]) -> ModelVersion:
-        filename = (tc.model_filename if tc else "") or self.backends.default_filename
+        filename = (tc.model_filename if tc else "") or self.backends.filename_for(cfg)
         inner = self.backends(model_dir / v / filename, cfg)
+        remote_mbs = getattr(inner, "remote_max_batch_size", None)  # a remote model's own, when not set here
+        if remote_mbs is not None and "max_batch_size" not in raw:
+            cfg = replace(cfg, max_batch_size=remote_mbs,
+                          preferred_batch_sizes=tuple(b for b in cfg.preferred_batch_sizes if b <= remote_mbs))
         eff = check_against_graph(cfg, inner.inputs, inner.outputs, raw, raw.get(_WHERE_MBS, "config"))
         backend: Backend = inner
         io = None
