@@ -266,3 +266,19 @@ def test_the_balancer_takes_the_least_busy_healthy_endpoint_and_the_breaker_open
     assert a.breaker(1.3) == "closed" and a.errors == {"UNAVAILABLE": 2, "INVALID_ARGUMENT": 3}
     b.healthy = False
     assert pick([b], 0.0) is None
+
+
+def test_per_endpoint_metrics(fleet: Any) -> None:
+    _, front, ports = fleet
+    for _ in range(3):
+        assert post(front, "far", X)[0] == 200
+    with urllib.request.urlopen(f"http://{front.http_url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    lab = f'endpoint="127.0.0.1:{ports[0]}",model="far",version="1"'
+    assert f"gateway_remote_healthy{{{lab}}} 1.0" in text
+    assert f"gateway_remote_breaker_state{{{lab}}} 0.0" in text
+    assert f"gateway_remote_outstanding{{{lab}}} 0.0" in text
+    ok = [line for line in text.splitlines() if line.startswith("gateway_remote_calls_total{")
+          and 'model="far"' in line and 'code="OK"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in ok) == 3  # the warm-up ran on its own channel
+    assert f'gateway_remote_call_seconds_count{{{lab}}}' in text

@@ -23,6 +23,8 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from gateway.backends.triton.backend import TritonBackend
+from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
 from gateway.observe.stats import STAGES, Totals
 from gateway.pipeline.door import Door
@@ -235,6 +237,43 @@ def traffic_families(traffic: TrafficControl) -> list[Metric]:
             unattributed]
 
 
+def remote_families(dp: DataPlane) -> list[Metric]:
+    """Per endpoint of every remote (``backend = "triton"``) version: calls in flight, call latency,
+    outcomes by gRPC code, health and breaker state. Empty when no model is remote."""
+    labels = ["model", "version", "endpoint"]
+    outstanding = GaugeMetricFamily("gateway_remote_outstanding", "Calls in flight to the endpoint.", labels=labels)
+    calls = CounterMetricFamily("gateway_remote_calls", "Calls to the endpoint, by gRPC status code.",
+                                labels=[*labels, "code"])
+    seconds = HistogramMetricFamily("gateway_remote_call_seconds", "Duration of calls to the endpoint.",
+                                    labels=labels)
+    healthy = GaugeMetricFamily("gateway_remote_healthy",
+                                "1 while the endpoint's ServerReady and ModelReady say ready.", labels=labels)
+    breaker = GaugeMetricFamily("gateway_remote_breaker_state",
+                                "The endpoint's circuit breaker: 0 closed, 1 half-open, 2 open.", labels=labels)
+    now = time.perf_counter()
+    seen = False
+    for mv in dp.registry.versions():
+        backend = mv.backend
+        if not isinstance(backend, TritonBackend):
+            continue
+        seen = True
+        for ep in backend.endpoints:
+            key = [mv.name, mv.version, ep.address]
+            outstanding.add_metric(key, ep.outstanding)
+            ok = ep.calls - sum(ep.errors.values())
+            calls.add_metric([*key, "OK"], ok)
+            for code, n in sorted(ep.errors.items()):
+                calls.add_metric([*key, code], n)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), ep.latency_counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            seconds.add_metric(key, buckets, ep.latency_sum)
+            healthy.add_metric(key, 1.0 if ep.healthy else 0.0)
+            breaker.add_metric(key, {"closed": 0, "half_open": 1, "open": 2}[ep.breaker(now)])
+    return [outstanding, calls, seconds, healthy, breaker] if seen else []
+
+
 def door_families(door: Door) -> list[Metric]:
     """Shedding at the door (this process: every worker has its own loop)."""
     refused = CounterMetricFamily("gateway_door_refused",
@@ -257,7 +296,7 @@ class GatewayMetrics:
         peers = dp.peer_docs()  # read once per scrape
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
-        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic) + door_families(dp.door)
+        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic) + door_families(dp.door) + remote_families(dp)
         return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
 
