@@ -12,8 +12,10 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
+import tomllib
 import yaml
 
+from gateway.model_config import parse_config
 from gateway.settings import ServerSettings
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
@@ -34,7 +36,7 @@ def test_compose_mounts_exist_and_shutdown_fits() -> None:
                 assert (DOCKER / src).exists(), f"service {name} mounts {src}, which does not exist"
             else:
                 assert src in named, f"service {name} mounts volume {src}, which is not declared"
-    assert doc["services"]["models"]["command"][:2] == ["demo", "export"]
+    assert "gateway demo export /models" in doc["services"]["models"]["command"][0]
     gw = doc["services"]["gateway"]
     env = gw["environment"]
     assert set(k for k in env if k.startswith("GATEWAY_")) <= set(SETTINGS)
@@ -82,3 +84,68 @@ def test_runtime_image_installs_no_extras() -> None:
     runtime = text.split("FROM ")[-1]
     installs = re.findall(r"pip install[^\n]*", runtime)
     assert installs and not any("[" in line for line in installs), installs
+
+
+def _mount(svc: dict, path: str) -> str:
+    """The volume a compose service mounts at ``path``."""
+    for vol in svc.get("volumes", []):
+        src, dst = vol.split(":")[:2]
+        if dst == path:
+            return str(src)
+    raise AssertionError(f"nothing mounted at {path}")
+
+
+def test_compose_forwards_a_remote_model_to_the_triton_service() -> None:
+    """The gateway's repository is the volume the models service fills, with the remote models
+    copied in; each remote model's endpoints name a compose service and its container gRPC port."""
+    doc = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    svcs = doc["services"]
+    gw, models = svcs["gateway"], svcs["models"]
+    repo = gw["command"][gw["command"].index("--model-repository") + 1]
+    volume = _mount(gw, repo)
+    assert _mount(models, f"/{volume}") == volume and f"/{volume}" in models["command"][0]
+    assert "cp -r /remote-models/." in models["command"][0] and _mount(models, "/remote-models") == "./remote-models"
+    assert gw["depends_on"]["triton"]["condition"] == "service_healthy" and "healthcheck" in svcs["triton"]
+    configs = sorted((DOCKER / "remote-models").glob("*/config.toml"))
+    assert configs
+    for path in configs:
+        cfg = parse_config(path.parent.name, tomllib.loads(path.read_text()))
+        assert cfg.remote is not None
+        for ep in cfg.remote.endpoints:
+            host, port = ep.rsplit(":", 1)
+            assert host in svcs, f"{path}: endpoint {ep} names no compose service"
+            assert port == "8001" and "tritonserver" in svcs[host]["command"][0]
+
+
+def test_k8s_remote_gateway_lists_every_triton_pod_and_serves_the_configmap() -> None:
+    docs: dict[str, list[dict]] = {}
+    for d in yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text()):
+        docs.setdefault(d["kind"], []).append(d)
+    (sts,) = docs["StatefulSet"]
+    (cm,) = docs["ConfigMap"]
+    headless = next(s for s in docs["Service"] if s["metadata"]["name"] == sts["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    grpc_port = next(p["containerPort"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]
+                     if p["name"] == "grpc")
+    pods = [f"{sts['metadata']['name']}-{i}.{headless['metadata']['name']}:{grpc_port}"
+            for i in range(sts["spec"]["replicas"])]
+    dep = next(d for d in docs["Deployment"] if d["metadata"]["name"] == "inference-gateway-remote")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    repo = c["args"][c["args"].index("--model-repository") + 1]
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == repo
+    vol = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert vol["configMap"]["name"] == cm["metadata"]["name"]
+    for item in vol["configMap"]["items"]:
+        name, file = item["path"].split("/")
+        assert file == "config.toml"
+        cfg = parse_config(name, tomllib.loads(cm["data"][item["key"]]))
+        assert cfg.remote is not None and list(cfg.remote.endpoints) == pods
+        assert c["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{name}/ready"
+    env = {e["name"] for e in c["env"]}
+    assert env <= set(SETTINGS)
+    sleep = float(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    drain = float(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_DRAIN_S"))
+    grace = float(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_SHUTDOWN_GRACE_S"))
+    assert pod["terminationGracePeriodSeconds"] > sleep + drain + grace
