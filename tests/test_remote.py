@@ -282,3 +282,30 @@ def test_per_endpoint_metrics(fleet: Any) -> None:
           and 'model="far"' in line and 'code="OK"' in line]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in ok) == 3  # the warm-up ran on its own channel
     assert f'gateway_remote_call_seconds_count{{{lab}}}' in text
+
+
+def test_a_client_that_leaves_cancels_its_remote_call(fleet: Any) -> None:
+    """Every request of a batch in flight is gone (the client closed its connection): the remote
+    call is cancelled rather than left to finish for nobody."""
+    remotes, front, _ = fleet
+    x = np.ones((4, 512), np.float32)
+    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": [4, 512], "datatype": "FP32",
+                                   "data": x.ravel().tolist()}]}).encode()
+    host, port = front.http_url.split(":")
+    with ThreadPoolExecutor(8) as pool:  # the remotes are busy: the call below waits there
+        busy = [pool.submit(post, front, "far_slow", x) for _ in range(8)]
+        time.sleep(0.02)
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"POST /v2/models/far_slow/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+                  + body)
+        time.sleep(0.03)  # dispatched: its call is at a remote
+        s.close()
+        assert all(f.result()[0] == 200 for f in busy)
+    time.sleep(0.2)
+    with urllib.request.urlopen(f"http://{front.http_url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    cancelled = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("gateway_remote_calls_total{") and 'model="far_slow"' in line
+                    and 'code="CANCELLED"' in line)
+    assert cancelled == 1, [line for line in text.splitlines() if line.startswith("gateway_remote_calls_total{")]
+    assert stats(front, "far_slow")["inference_stats"]["fail"]["count"] == 1

@@ -41,10 +41,12 @@ class Backend(Protocol):
         """Run one batch synchronously on the calling thread."""
         ...
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = float("inf")) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn,
+                  deadline: float = float("inf")) -> Callable[[], object] | None:
         """Start one batch elsewhere; ``done`` is called on the event loop thread. ``deadline``
         (``time.perf_counter`` time): when the last of its requests stops waiting; a backend that
-        can (a remote call) gives up then."""
+        can (a remote call) gives up then. Returns how to abandon the batch once nobody wants it
+        (every request cancelled), or None when it cannot be interrupted."""
         ...
 
     def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:

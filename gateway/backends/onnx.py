@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -148,7 +148,8 @@ class OnnxBackend:
         except Exception as exc:
             raise _translate(exc, self.model) from None
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = INF) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn,
+                  deadline: float = INF) -> Callable[[], object] | None:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix=f"ort-{self.model}")
             self._loop = asyncio.get_running_loop()
@@ -166,6 +167,7 @@ class OnnxBackend:
                 done(fut.result(), None)
 
         fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(finished, _f))
+        return None  # a session run cannot be interrupted
 
 
 def _public_run(sess: ort.InferenceSession):  # type: ignore[no-untyped-def]

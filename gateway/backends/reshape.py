@@ -10,7 +10,7 @@ that passed validation and take its batch-mates down with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -75,7 +75,8 @@ class ReshapingBackend:
     def run_inline(self, feeds: dict[str, np.ndarray]) -> Outputs:
         return self._outputs(self.inner.run_inline(self._feeds(feeds)))
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = float("inf")) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn,
+                  deadline: float = float("inf")) -> Callable[[], object] | None:
         def finished(outputs: Outputs | None, err: BaseException | None) -> None:
             if outputs is not None:
                 try:
@@ -84,7 +85,7 @@ class ReshapingBackend:
                     outputs, err = None, exc
             done(outputs, err)
 
-        self.inner.run_async(self._feeds(feeds), finished, deadline)
+        return self.inner.run_async(self._feeds(feeds), finished, deadline)
 
     def warm_up(self, feeds: dict[str, np.ndarray], inline_threshold_us: int) -> float:
         return self.inner.warm_up(self._feeds(feeds), inline_threshold_us)  # type: ignore[attr-defined]

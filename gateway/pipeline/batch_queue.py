@@ -56,7 +56,7 @@ class Pending:
         self.group: Any = None
         self.index = 0
         self.bucket = bucket
-        self.queue: BatchQueue | None = None
+        self.queue: BatchQueue | Running | None = None
         self.level = level
         """Priority level, 1 = highest."""
         self.key = arrival
@@ -73,6 +73,26 @@ class Pending:
             q = self.queue
             if q is not None:
                 q.withdraw(self, self.group is None)  # a chunk: its group counts the request once
+
+
+class Running:
+    """The ``queue`` of the items of a batch in flight on a backend that can abandon it (a remote
+    call): once every one of them is cancelled, nobody wants the answer and the call is cancelled."""
+
+    __slots__ = ("live", "cancel")
+
+    def __init__(self, live: int) -> None:
+        self.live = live
+        self.cancel: Callable[[], object] | None = None
+
+    def note_cancelled(self, arrival: float) -> None:
+        """(Counted when the abandoned call answers CANCELLED, like any failed batch.)"""
+
+    def withdraw(self, p: Pending, whole: bool) -> None:
+        self.live -= 1
+        if self.live == 0 and self.cancel is not None:
+            cancel, self.cancel = self.cancel, None
+            cancel()
 
 
 class Bucket:

@@ -28,7 +28,7 @@ from gateway.backends.base import Backend, Outputs
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
-from gateway.pipeline.batch_queue import BatchCost, BatchQueue, Pending
+from gateway.pipeline.batch_queue import BatchCost, BatchQueue, Pending, Running
 from gateway.pipeline.target import Done
 from gateway.pipeline.validate import Signature, bucket_key
 from gateway.types import InferRequest, InferResponse
@@ -263,10 +263,15 @@ class Batcher:
             self.in_flight += 1
             self.executing += len(items)
             deadline = max(p.deadline for p in items)  # the call is worth making until the last one leaves
-            self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1), deadline)
+            running = Running(len(items))
+            for p in items:
+                p.queue = running  # a cancel now reaches the call (once all of them are cancelled)
+            running.cancel = self.backend.run_async(feeds, partial(self._async_done, items, rows, t0, t1, running),
+                                                    deadline)
 
-    def _async_done(self, items: list[Pending], rows: int, t0: float, t1: float, outputs: Outputs | None,
-                    err: BaseException | None) -> None:
+    def _async_done(self, items: list[Pending], rows: int, t0: float, t1: float, running: Running,
+                    outputs: Outputs | None, err: BaseException | None) -> None:
+        running.cancel = None
         self.in_flight -= 1
         self.executing -= len(items)
         if err is not None and not isinstance(err, GatewayError):

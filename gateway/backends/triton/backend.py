@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +171,13 @@ class TritonBackend:
                 return
             self._health = loop.create_task(self._check_health())
 
-    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn, deadline: float = INF) -> None:
+    def run_async(self, feeds: dict[str, np.ndarray], done: DoneFn,
+                  deadline: float = INF) -> Callable[[], object] | None:
         self._watch()
         task = asyncio.get_running_loop().create_task(self._call(feeds, done, deadline))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+        return task.cancel  # every request of the batch gone: the remote call is cancelled
 
     def _open(self, ep: Endpoint) -> None:
         for _ in range(self.remote.channels):
