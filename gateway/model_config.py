@@ -74,6 +74,9 @@ class RemoteConfig:
     """How long an open breaker keeps the endpoint out before a half-open probe."""
     channels: int = 1
     """gRPC channels (HTTP/2 connections) per endpoint, used in turn."""
+    batching: bool = True
+    """True: the gateway merges requests into batches (the servers get full batches); False: each
+    request is forwarded as it came (the servers' own batching decides)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +165,7 @@ _FIELDS = {
     *("priority_levels", "default_priority_level", "priority_queue_size", "priority_aging_us", "max_queue_wait_us"),
     "backend",
     *(f"remote_{k}" for k in ("model", "version", "max_outstanding", "timeout_s", "health_interval_s",
-                              "breaker_failures", "breaker_open_s", "channels")),
+                              "breaker_failures", "breaker_open_s", "channels", "batching")),
     "endpoints",
 }
 BACKENDS = ("onnxruntime", "triton")
@@ -304,6 +307,10 @@ def _parse_remote(name: str, raw: Mapping[str, Any], fail: Any, values: dict[str
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
                 raise fail(f"remote_{key}", f"must be a positive number of seconds, got {v!r}")
             kw[key] = float(v)
+    if "remote_batching" in raw:
+        if not isinstance(raw["remote_batching"], bool):
+            raise fail("remote_batching", f"must be true or false, got {raw['remote_batching']!r}")
+        kw["batching"] = raw["remote_batching"]
     for key in ("device", "execution", "instances", "intra_op_threads"):
         if key in raw:
             raise fail(key, 'is an onnxruntime setting; the remote servers decide it (backend = "triton")')

@@ -309,3 +309,21 @@ def test_a_client_that_leaves_cancels_its_remote_call(fleet: Any) -> None:
                     and 'code="CANCELLED"' in line)
     assert cancelled == 1, [line for line in text.splitlines() if line.startswith("gateway_remote_calls_total{")]
     assert stats(front, "far_slow")["inference_stats"]["fail"]["count"] == 1
+
+
+def test_pass_through_forwards_each_request_as_it_came(tmp_path: Path) -> None:
+    """remote_batching = false: concurrent requests are never merged; each is one remote call
+    (the remote's own batching may still merge them there)."""
+    port = free_port()
+    with ServerThread(repository=remote_repo(tmp_path / "r"), grpc_port=port):
+        merged = front_repo(tmp_path / "merged", [f"127.0.0.1:{port}"], "remote_max_outstanding = 1\n")
+        solo = front_repo(tmp_path / "solo", [f"127.0.0.1:{port}"], "remote_max_outstanding = 1\nremote_batching = false\n")
+        calls = {}
+        for name, repo in (("merged", merged), ("solo", solo)):
+            with ServerThread(repository=repo) as front, ThreadPoolExecutor(12) as pool:
+                answers = list(pool.map(lambda _, f=front: post(f, "far_slow", np.ones((1, 512), np.float32)),
+                                        range(12)))
+                assert all(s == 200 for s, _ in answers)
+                calls[name] = stats(front, "far_slow")["execution_count"]
+        assert calls["solo"] == 12
+        assert calls["merged"] < calls["solo"], calls

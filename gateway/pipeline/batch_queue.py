@@ -135,8 +135,9 @@ class BatchQueue:
     def __init__(self, max_batch_size: int, max_queue_delay_s: float = 0.0,
                  preferred: tuple[int, ...] = (), max_queue_rows: int = 4096,
                  release_on_deadline: bool = False, levels: int = 1, aging_s: float = 1.0,
-                 level_limits: Mapping[int, int] | None = None) -> None:
+                 level_limits: Mapping[int, int] | None = None, merge: bool = True) -> None:
         self.max_batch_size = max_batch_size  # 0: no batching, one request per batch
+        self.merge = merge  # False: one request per batch even when batching (a pass-through remote)
         self.delay = max_queue_delay_s
         self.preferred = frozenset(p for p in preferred if p <= max_batch_size)
         self.largest_preferred = max(self.preferred) if self.preferred else 0
@@ -321,7 +322,7 @@ class BatchQueue:
         order: Iterable[tuple[Hashable, Bucket]] = (
             buckets.items() if len(buckets) < 2 else sorted(buckets.items(), key=lambda kb: kb[1].head_key()))
         for key, b in order:  # (a bucket emptied below is deleted only just before returning)
-            if not self.max_batch_size:
+            if not self.max_batch_size or not self.merge:
                 batch = list(islice(b, 1))
                 self._pop(b, key, batch)
                 return batch, "full"

@@ -99,7 +99,8 @@ class Batcher:
         self.queue = BatchQueue(config.max_batch_size, config.max_queue_delay_us / 1e6,
                                 config.preferred_batch_sizes, config.max_queue_size,
                                 config.release_on_deadline, max(1, config.priority_levels),
-                                config.priority_aging_us / 1e6, dict(config.priority_queue_size))
+                                config.priority_aging_us / 1e6, dict(config.priority_queue_size),
+                                merge=config.remote is None or config.remote.batching)
         self.queue.on_withdraw = self._withdrawn
         self.in_flight = 0
         self.executing = 0  # queued units handed to an async backend and not back yet
