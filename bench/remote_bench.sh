@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Through the gateway to a remote server vs calling that server directly, in one run.
-#   bench/remote_bench.sh [SECONDS=8] [CONC=64]     REMOTE=gateway (default) | pytriton
+#   bench/remote_bench.sh [SECONDS=8] [CONC=64]     REMOTE=gateway (default) | pytriton  CHANNELS=1
 # The remote serves the demo mlp (64->256->256->10, batch-1 requests). REMOTE=gateway: another
 # gateway process (its gRPC front; batching on). REMOTE=pytriton: a real tritonserver from
 # nvidia-pytriton in its own venv (tests/pytriton/provision.sh; dynamic batching). The front gateway
@@ -34,8 +34,8 @@ else
   version=2
 fi
 mkdir -p "$tmp/front/far"
-printf 'backend = "triton"\nendpoints = ["127.0.0.1:%s"]\nremote_model = "mlp"\nremote_version = "%s"\ncoalesce = false\nremote_max_outstanding = 4\n' \
-  "$r_grpc" "$version" > "$tmp/front/far/config.toml"
+printf 'backend = "triton"\nendpoints = ["127.0.0.1:%s"]\nremote_model = "mlp"\nremote_version = "%s"\ncoalesce = false\nremote_max_outstanding = 4\nremote_channels = %s\n' \
+  "$r_grpc" "$version" "${CHANNELS:-1}" > "$tmp/front/far/config.toml"
 GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$tmp/front" --http-port "$f_http" \
   --grpc-port "$f_grpc" >"$tmp/front.log" 2>&1 &
 echo $! > "$tmp/front.pid"
