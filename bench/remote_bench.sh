@@ -24,7 +24,7 @@ if [[ $remote == pytriton ]]; then
   "$venv_py" tests/pytriton/serve.py --grpc-port "$r_grpc" --http-port "$r_http" --model-file "$tmp/mlp.onnx" \
     --name mlp --max-batch-size 64 --workspace "$tmp/ws" >"$tmp/remote.log" 2>&1 &
   echo $! > "$tmp/remote.pid"
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$r_http/v2/health/ready" >/dev/null && break; sleep 0.3; done
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$r_http/v2/models/mlp/ready" >/dev/null && break; sleep 0.3; done
   version=""
 else
   GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$tmp/remote" --http-port "$r_http" \
