@@ -8,6 +8,7 @@ import os
 import sys
 
 from gateway import __version__, admin_cli
+from gateway.batch import cli as batch_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     _serve_parser(sub)
     sub.add_parser("loadtest", help="load-test any KServe v2 server (see `gateway loadtest --help`)")
     admin_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="the demo models (generated in code)")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)
     export = demo_sub.add_parser("export", help="write the demo repository to DIR (Triton layout)")
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "admin":
         return admin_cli.run(args)
+    if args.command == "batch":
+        return batch_cli.run(args)
     if args.command == "demo":
         from gateway.demo import build_demo_repository
 

@@ -1,0 +1,67 @@
+"""`gateway batch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("batch", help="score files of records offline (Parquet, CSV, JSON lines)",
+                       description="Score every record of the input files with a model of the repository; "
+                                   "write one output part per input part (resumable).")
+    p.add_argument("--model-repository", required=True, help="the repository (Triton layout)")
+    p.add_argument("-m", "--model", required=True)
+    p.add_argument("--version", default="", help="default: the model's default version")
+    p.add_argument("--input", required=True, help="a file, a directory of files or a glob")
+    p.add_argument("--output", required=True, help="output directory (one file per input part)")
+    p.add_argument("--keep", default="", help="input columns carried over, e.g. id,user_id")
+    p.add_argument("--map", action="append", default=[], metavar="INPUT=COLUMNS",
+                   help="feed INPUT from COLUMNS (one list column, or scalar columns: f0..f63 or a,b,c)")
+    p.add_argument("--batch-size", type=int, default=1024, help="rows per model call")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="bad rows (nulls, wrong widths): fail the job naming them, or write them to rejects/")
+    p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="output format")
+    p.add_argument("--in-flight", type=int, default=4, help="batches held between read, compute and write")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        print("gateway batch needs pyarrow: pip install 'inference-gateway[batch]'", file=sys.stderr)
+        return 2
+    from gateway.batch.columns import MappingError
+    from gateway.batch.job import BadRows, Job, print_progress
+    from gateway.batch.job import run as run_job
+    from gateway.model_config import ConfigError
+
+    mapping = {}
+    for m in args.map:
+        name, sep, cols = m.partition("=")
+        if not sep or not name or not cols:
+            print(f"--map takes INPUT=COLUMNS, got {m!r}", file=sys.stderr)
+            return 2
+        mapping[name] = cols
+    if args.batch_size < 1 or args.in_flight < 1:
+        print("--batch-size and --in-flight must be at least 1", file=sys.stderr)
+        return 2
+    job = Job(Path(args.model_repository), args.model, args.input, Path(args.output), args.version,
+              tuple(c for c in args.keep.split(",") if c), mapping, args.batch_size, args.on_error, args.format,
+              args.in_flight, args.quiet, None if args.quiet else print_progress)
+    try:
+        s = run_job(job)
+    except (BadRows, MappingError, ConfigError, FileNotFoundError) as exc:
+        print(("\n" if not args.quiet else "") + f"gateway batch: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. the model failed to load: say so, not a traceback
+        print(("\n" if not args.quiet else "") + f"gateway batch: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(f"{s.rows} rows in {s.seconds:.2f} s ({s.rows_per_s:,.0f} rows/s), {s.rejected} rejected; "
+          f"parts: {s.parts_done} scored, {s.parts_skipped} already done; output {s.output}")
+    return 0
