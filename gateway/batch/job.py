@@ -102,7 +102,10 @@ def read_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
 def _writer(path: Path, fmt: str, schema: pa.Schema) -> Any:
     if fmt == "csv":
         return pacsv.CSVWriter(str(path), schema)
-    return pq.ParquetWriter(str(path), schema)
+    # no dictionary pages for the model's outputs: float predictions almost never repeat, and trying
+    # (Parquet's default) cost ~15 % of the job's rows/s (bench/batch_bench.py)
+    keys = [f.name for f in schema if not (pa.types.is_floating(f.type) or pa.types.is_fixed_size_list(f.type))]
+    return pq.ParquetWriter(str(path), schema, use_dictionary=keys)
 
 
 def run(job: Job) -> Summary:
@@ -155,6 +158,7 @@ def _count_rows(path: Path) -> int:
 
 
 _END = object()
+_READ_ROWS = 65536  # rows per row group written (model batches are gathered to this)
 
 
 def _score_part(job: Job, backend: Any, inputs: Sequence[Any], part: Path, target: Path, index: int,
@@ -178,13 +182,24 @@ def _score_part(job: Job, backend: Any, inputs: Sequence[Any], part: Path, targe
     state: dict[str, Any] = {"writer": None, "rejects": None}
 
     def writer() -> None:
+        pending: list[pa.Table] = []  # written in row groups of ~_READ_ROWS, not one per model batch
+        held = 0
         try:
-            while (item := write_q.get()) is not _END:
-                table, rejected = item
+            while True:
+                item = write_q.get()
+                end = item is _END
+                table, rejected = (None, None) if end else item
                 if table is not None and table.num_rows:
+                    pending.append(table)
+                    held += table.num_rows
+                if pending and (end or held >= _READ_ROWS):
+                    whole = pa.concat_tables(pending)
                     if state["writer"] is None:
-                        state["writer"] = _writer(tmp, job.out_format, table.schema)
-                    state["writer"].write_table(table)
+                        state["writer"] = _writer(tmp, job.out_format, whole.schema)
+                    state["writer"].write_table(whole)
+                    pending, held = [], 0
+                if end:
+                    return
                 if rejected is not None:
                     if state["rejects"] is None:
                         rejects_tmp.parent.mkdir(exist_ok=True)
