@@ -24,9 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.kinds import Backends
-from gateway.backends.onnx import OnnxFactory
-from gateway.backends.triton import TritonFactory
 from gateway.compose import build_pipeline
 from gateway.front.http.access import AccessLoggedProtocol
 from gateway.front.http.server import HttpFront, HttpProtocol
@@ -68,7 +65,7 @@ class App:
         if settings.repository_control == "none":
             locked = "model load/unload is off on this server (repository_control = \"none\")"
         pipeline = build_pipeline(
-            self.repository, backends=Backends(onnxruntime=OnnxFactory(), triton=TritonFactory()), strict_readiness=settings.strict_readiness,
+            self.repository, strict_readiness=settings.strict_readiness,  # backends: compose's (onnxruntime, triton)
             server_name=settings.server_name, shm=self.shm, repository_locked=locked, traffic_locked=traffic_locked,
             traffic=TrafficSettings(settings.traffic_tick_s, settings.shadow_max_outstanding,
                                     settings.outcome_attribution_ids, settings.outcome_attribution_ttl_s,

@@ -3,7 +3,7 @@
 One place builds these for the server (``app``), the embedded API and the tests, so that each
 gets the same wiring: the repository publishes ready versions to traffic control, which owns the
 router's table; the router asks the repository for the error to give when a model is missing.
-Backends come from the factory passed in (ONNX unless told otherwise).
+Backends come from the factory passed in (by default onnxruntime and triton, chosen per model).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def build_pipeline(root: str | Path, *, backends: BackendFactory | None = None, 
     holder: list[ModelRegistry] = []
     router = Router(lambda name, version: holder[0].miss(name, version))
     control = TrafficControl(router, traffic, locked=traffic_locked)
-    registry = ModelRegistry(Path(root), backends or Backends(onnxruntime=OnnxFactory(), triton=TritonFactory()), control.publish,
+    factory = backends or Backends(onnxruntime=OnnxFactory(), triton=TritonFactory())  # a repository may mix them
+    registry = ModelRegistry(Path(root), factory, control.publish,
                              strict_readiness=strict_readiness)
     holder.append(registry)
     dataplane = DataPlane(registry, router, control, server_name=server_name, shm=shm, peers=peers,

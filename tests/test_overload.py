@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from test_cli import free_port, wait_ready
+from test_grpc_limits import rss_mib
 
 pytest.importorskip("hdrh")  # the loadtest extra
 
@@ -34,14 +35,6 @@ def loadtest(port: int, *args: str) -> dict:
                           "--timeout", str(SLO_S), "--json", "-q", *args],
                          capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout)["summary"]  # type: ignore[no-any-return]
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def access_lines(path: Path) -> list[dict]:

@@ -24,6 +24,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from models import slow_model, write_model
+from test_cli import free_port
 
 from gateway.backends.triton.endpoint import Endpoint, pick
 from gateway.demo import mlp_model
@@ -31,12 +32,6 @@ from gateway.model_config import ConfigError, RemoteConfig, parse_config
 from gateway.testing import ServerThread
 
 X = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def remote_repo(root: Path) -> Path:
@@ -67,10 +62,13 @@ def stats(srv: ServerThread, model: str) -> dict[str, Any]:
         return json.load(r)["model_stats"][0]  # type: ignore[no-any-return]
 
 
-def post(srv: ServerThread, model: str, x: np.ndarray, timeout: float = 30) -> tuple[int, Any]:
-    body = json.dumps({"inputs": [{"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32",
-                                   "data": x.ravel().tolist()}]}).encode()
-    req = urllib.request.Request(f"http://{srv.http_url}/v2/models/{model}/infer", body,
+def post(srv: ServerThread, model: str, x: np.ndarray, timeout: float = 30,
+         parameters: dict[str, Any] | None = None) -> tuple[int, Any]:
+    doc: dict[str, Any] = {"inputs": [{"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32",
+                                       "data": x.ravel().tolist()}]}
+    if parameters:
+        doc["parameters"] = parameters
+    req = urllib.request.Request(f"http://{srv.http_url}/v2/models/{model}/infer", json.dumps(doc).encode(),
                                  {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:

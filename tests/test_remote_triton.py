@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -36,6 +35,8 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from test_cli import free_port
+from test_remote import post, stats
 from tritonclient.utils import InferenceServerException
 
 from gateway.demo import mlp_model
@@ -53,12 +54,6 @@ SESSION = ort.InferenceSession(mlp_model(seed=7).SerializeToString(), providers=
 
 def reference(x: np.ndarray) -> np.ndarray:
     return SESSION.run(None, {"INPUT0": x})[0]  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class TritonProcess:
@@ -239,29 +234,9 @@ def fleet(triton_python: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             t.stop()
 
 
-def post(front: ServerThread, model: str, x: np.ndarray, timeout: float = 10,
-         parameters: dict[str, Any] | None = None) -> tuple[int, Any]:
-    doc: dict[str, Any] = {"inputs": [{"name": "INPUT0", "shape": list(x.shape), "datatype": "FP32",
-                                       "data": x.ravel().tolist()}]}
-    if parameters:
-        doc["parameters"] = parameters
-    req = urllib.request.Request(f"http://{front.http_url}/v2/models/{model}/infer", json.dumps(doc).encode(),
-                                 {"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
 def answer(doc: Any) -> np.ndarray:
     out = doc["outputs"][0]
     return np.asarray(out["data"], np.float32).reshape(out["shape"])
-
-
-def front_stats(front: ServerThread, model: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{front.http_url}/v2/models/{model}/stats", timeout=10) as r:
-        return json.load(r)["model_stats"][0]  # type: ignore[no-any-return]
 
 
 def test_results_equal_onnxruntime_over_json_binary_and_grpc(fleet: Fleet) -> None:
@@ -375,7 +350,7 @@ def test_a_killed_triton_costs_only_clean_errors_and_is_used_again_when_back(fle
 def test_a_short_client_deadline_is_answered_at_the_deadline_not_when_triton_finishes(fleet: Fleet) -> None:
     front = fleet.front
     assert post(front, "far_slow", X)[0] == 200  # warm; the slow remote takes DELAY_MS a batch
-    failed = front_stats(front, "far_slow")["inference_stats"]["fail"]["count"]
+    failed = stats(front, "far_slow")["inference_stats"]["fail"]["count"]
     t0 = time.perf_counter()
     status, doc = post(front, "far_slow", X, parameters={"timeout": 50_000})  # microseconds
     took = time.perf_counter() - t0
@@ -395,7 +370,7 @@ def test_a_short_client_deadline_is_answered_at_the_deadline_not_when_triton_fin
     assert "deadline" in str(e.value).lower() or e.value.status() == "StatusCode.RESOURCE_EXHAUSTED", e.value
     assert took < DELAY_MS / 1000 * 0.7, took
     end = time.monotonic() + 5
-    while front_stats(front, "far_slow")["inference_stats"]["fail"]["count"] < failed + 2:
+    while stats(front, "far_slow")["inference_stats"]["fail"]["count"] < failed + 2:
         assert time.monotonic() < end, "the front did not count both calls as failed"
         time.sleep(0.05)
     time.sleep(DELAY_MS / 1000 * 2)  # the remote finishes what it had started

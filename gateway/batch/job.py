@@ -136,16 +136,15 @@ def _score(job: Job, backend: Any, inputs: Sequence[Any]) -> Summary:
     row_base = 0
     for i, part in enumerate(files):
         target = out / f"part-{i:05d}{ext}"
-        n_rows = _count_rows(part)
         if target.exists():  # finished by an earlier run: never computed twice
             summary.parts_skipped += 1
-            row_base += n_rows
+            row_base += _count_rows(part)  # (row numbers of later parts' rejects count from the input's start)
             continue
-        rows, rejected = _score_part(job, backend, inputs, part, target, i, row_base, summary, t0)
+        rows, rejected, read = _score_part(job, backend, inputs, part, target, i, row_base, summary, t0)
         summary.rows += rows
         summary.rejected += rejected
         summary.parts_done += 1
-        row_base += n_rows
+        row_base += read
     (out / "_SUCCESS").write_text("")
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -162,8 +161,8 @@ _READ_ROWS = 65536  # rows per row group written (model batches are gathered to 
 
 
 def _score_part(job: Job, backend: Any, inputs: Sequence[Any], part: Path, target: Path, index: int,
-                row_base: int, summary: Summary, t0: float) -> tuple[int, int]:
-    """Read, score and write one input part; returns (rows written, rows rejected)."""
+                row_base: int, summary: Summary, t0: float) -> tuple[int, int, int]:
+    """Read, score and write one input part; returns (rows written, rows rejected, rows read)."""
     tmp = target.with_name(f".{target.name}.tmp")
     rejects_tmp = target.parent / "rejects" / f".{target.stem}.parquet.tmp"
     read_q: queue.Queue[Any] = queue.Queue(job.in_flight)
@@ -264,7 +263,7 @@ def _score_part(job: Job, backend: Any, inputs: Sequence[Any], part: Path, targe
     if state["rejects"] is not None:
         os.replace(rejects_tmp, rejects_tmp.with_name(f"{target.stem}.parquet"))
     os.replace(tmp, target)  # the checkpoint: this part is complete
-    return rows, rejected_rows
+    return rows, rejected_rows, offset - row_base
 
 
 def _finish(threads: list[threading.Thread], read_q: queue.Queue[Any], write_q: queue.Queue[Any],

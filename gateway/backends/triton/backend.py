@@ -221,7 +221,8 @@ class TritonBackend:
                 done(None, GatewayError(Code.CANCELLED, f"{self.where}: the call to {ep.address} was cancelled"))
                 raise
             finally:
-                ep.finished(code, self.clock() - now, self.clock())
+                end = self.clock()
+                ep.finished(code, end - now, end)
             try:
                 outputs = decode_response(resp, f"{self.where} at {ep.address}")
             except GatewayError as err:
