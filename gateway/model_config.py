@@ -80,6 +80,34 @@ class RemoteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrecomputedConfig:
+    """``[precomputed]``: answer requests from stored predictions (written by ``gateway batch
+    --to-store`` or by write-back), falling back to live inference (the hybrid route)."""
+
+    store: str
+    """sqlite:///abs/path.db, sqlite://rel.db (relative to the model's directory) or redis://host:port/db."""
+    key: str = "x-entity-id"
+    """The entity key: an HTTP header / gRPC metadata key, or a request parameter, of that name."""
+    max_staleness_s: float = 86400.0
+    """Oldest stored answer served; a request may lower it (parameter ``max_staleness_s``)."""
+    fallback: str = "live"
+    """live: a miss, stale or other-version entry runs live; error: it is answered NOT_FOUND."""
+    write_back: bool = False
+    """Store each live answer to a keyed request (buffered, written off the request path)."""
+    check_inputs: bool = False
+    """Serve an entry only when the request's inputs hash like those it was computed from
+    (a changed context runs live)."""
+    stale_if_error_s: float = 0.0
+    """When the live run fails, a stored answer up to this old is served instead; 0: never."""
+    store_timeout_s: float = 0.05
+    """A store lookup slower than this counts as a store error (the request runs live)."""
+    store_retry_s: float = 1.0
+    """After a store error, the store is not asked again for this long (requests run live)."""
+    write_back_pending: int = 10_000
+    """Write-backs buffered at most; past it new ones are dropped (counted)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Effective settings of one model (all its versions share them)."""
 
@@ -134,6 +162,8 @@ class ModelConfig:
     """onnxruntime (a model file per version) | triton (remote servers; the config is all it needs)."""
     remote: RemoteConfig | None = None
     """Set when backend = "triton"."""
+    precomputed: PrecomputedConfig | None = None
+    """``[precomputed]``: the hybrid route (stored predictions, live fallback)."""
 
     @property
     def default_level(self) -> int:
@@ -167,6 +197,7 @@ _FIELDS = {
     *(f"remote_{k}" for k in ("model", "version", "max_outstanding", "timeout_s", "health_interval_s",
                               "breaker_failures", "breaker_open_s", "channels", "batching")),
     "endpoints",
+    "precomputed",
 }
 BACKENDS = ("onnxruntime", "triton")
 
@@ -233,6 +264,8 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
         values["version_policy"] = _parse_policy(raw["version_policy"], fail)
     _parse_admission(raw, fail, values)
     _parse_remote(name, raw, fail, values)
+    if "precomputed" in raw:
+        values["precomputed"] = _parse_precomputed(raw["precomputed"], fail)
     cfg = ModelConfig(name=name, **values)
     mbs = cfg.max_batch_size
     if mbs and any(p > mbs for p in cfg.preferred_batch_sizes):
@@ -316,6 +349,47 @@ def _parse_remote(name: str, raw: Mapping[str, Any], fail: Any, values: dict[str
             raise fail(key, 'is an onnxruntime setting; the remote servers decide it (backend = "triton")')
     values["remote"] = RemoteConfig(**kw)
     values["execution"] = "thread"  # never inline: a call is a network round trip
+
+
+_PRECOMPUTED_NUMBERS = ("max_staleness_s", "stale_if_error_s", "store_timeout_s", "store_retry_s")
+
+
+def _parse_precomputed(t: Any, fail: Any) -> PrecomputedConfig:
+    if not isinstance(t, dict):
+        raise fail("precomputed", "must be a table ([precomputed])")
+    known = {f for f in PrecomputedConfig.__dataclass_fields__}
+    unknown = sorted(set(t) - known)
+    if unknown:
+        raise fail(f"precomputed.{unknown[0]}", f"is not a known setting (known: {', '.join(sorted(known))})")
+    store = t.get("store")
+    if not isinstance(store, str) or not store.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
+        raise fail("precomputed.store", f"must be a sqlite:// or redis:// URL, got {store!r}")
+    kw: dict[str, Any] = {"store": store}
+    if "key" in t:
+        if not isinstance(t["key"], str) or not t["key"] or t["key"] != t["key"].strip():
+            raise fail("precomputed.key", f"must be a header or parameter name, got {t['key']!r}")
+        kw["key"] = t["key"].lower()  # headers and gRPC metadata keys arrive lowercase
+    for key in _PRECOMPUTED_NUMBERS:
+        if key in t:
+            v = t[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise fail(f"precomputed.{key}", f"must be a non-negative number of seconds, got {v!r}")
+            kw[key] = float(v)
+    if "fallback" in t:
+        if t["fallback"] not in ("live", "error"):
+            raise fail("precomputed.fallback", f"must be live or error, got {t['fallback']!r}")
+        kw["fallback"] = t["fallback"]
+    for key in ("write_back", "check_inputs"):
+        if key in t:
+            if not isinstance(t[key], bool):
+                raise fail(f"precomputed.{key}", f"must be true or false, got {t[key]!r}")
+            kw[key] = t[key]
+    if "write_back_pending" in t:
+        v = t["write_back_pending"]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise fail("precomputed.write_back_pending", f"must be a positive integer, got {v!r}")
+        kw["write_back_pending"] = v
+    return PrecomputedConfig(**kw)
 
 
 def _parse_policy(v: Any, fail: Any) -> VersionPolicy:

@@ -97,6 +97,8 @@ class InferRequest:
     ``inputs`` maps input name to an array whose dtype matches the declared datatype.
     ``outputs`` lists the requested output names (None: all).
     ``timeout_us`` is the client's deadline budget (0: the model default).
+    ``entity``: the precomputed route's key as a header / metadata value, set by the router for
+    models that have one (``gateway.pipeline.precomputed``).
     How the answer goes on the wire (binary extension, shared memory) is the fronts' own
     business: their decoders return it beside the request (``gateway.front.plan``).
     """
@@ -108,6 +110,7 @@ class InferRequest:
     id: str = ""
     parameters: dict[str, Any] | None = None
     timeout_us: int = 0
+    entity: Any = None
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ PKG = Path(__file__).resolve().parent.parent / "gateway"
 # module or package prefix -> layer; the longest matching prefix wins. Downstream first.
 LAYERS: dict[str, float] = {
     "__init__": 0, "types": 0, "errors": 0, "model_config": 0, "_native": 0, "pb": 0,
-    "backends": 1, "observe.stats": 1, "shm": 1,
+    "backends": 1, "observe.stats": 1, "shm": 1, "stores": 1,
     "pipeline": 2,
     "repository": 3,
     "dataplane": 4, "compose": 4.5,

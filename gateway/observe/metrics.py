@@ -28,6 +28,7 @@ from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
 from gateway.observe.stats import STAGES, Totals
 from gateway.pipeline.door import Door
+from gateway.pipeline.precomputed import AGE_BUCKETS
 from gateway.pipeline.traffic import TrafficControl
 
 # Triton's failure reasons, from our neutral error codes: REJECTED is the scheduler turning a
@@ -274,6 +275,51 @@ def remote_families(dp: DataPlane) -> list[Metric]:
     return [outstanding, calls, seconds, healthy, breaker] if seen else []
 
 
+def precomputed_families(dp: DataPlane) -> list[Metric]:
+    """The precomputed route of every version that has one: lookups, hits, live fallbacks by reason,
+    ages of the answers served. Empty when no model has ``[precomputed]``."""
+    labels = ["model", "version"]
+    lookups = CounterMetricFamily("gateway_precomputed_lookups", "Keyed requests looked up in the store.",
+                                  labels=labels)
+    hits = CounterMetricFamily("gateway_precomputed_hits", "Requests answered from the store.", labels=labels)
+    fallbacks = CounterMetricFamily("gateway_precomputed_fallbacks",
+                                    "Requests that ran live (or failed, with fallback = error), by reason.",
+                                    labels=[*labels, "reason"])
+    age = HistogramMetricFamily("gateway_precomputed_age_seconds", "Age of the stored answers served.",
+                                labels=labels)
+    errors = CounterMetricFamily("gateway_precomputed_store_errors",
+                                 "Store lookups that failed, timed out or read an unreadable entry.", labels=labels)
+    stale = CounterMetricFamily("gateway_precomputed_stale_served",
+                                "Stale entries answered because the live run failed (stale_if_error_s).",
+                                labels=labels)
+    writes = CounterMetricFamily("gateway_precomputed_write_backs", "Live answers buffered for the store.",
+                                 labels=labels)
+    dropped = CounterMetricFamily("gateway_precomputed_write_backs_dropped",
+                                  "Write-backs dropped (buffer full, or the store refused the flush).", labels=labels)
+    seen = False
+    for mv in dp.registry.versions():
+        pc = mv.precomputed
+        if pc is None:
+            continue
+        seen = True
+        key = [mv.name, mv.version]
+        st = pc.pstats
+        lookups.add_metric(key, st.lookups)
+        hits.add_metric(key, st.hits)
+        for reason, n in st.fallbacks.items():
+            fallbacks.add_metric([*key, reason], n)
+        cumulative, buckets = 0, []
+        for bound, n in zip((*AGE_BUCKETS, float("inf")), st.age_counts, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+        age.add_metric(key, buckets, st.age_sum)
+        errors.add_metric(key, st.store_errors)
+        stale.add_metric(key, st.stale_served)
+        writes.add_metric(key, st.write_backs)
+        dropped.add_metric(key, getattr(pc.store, "dropped", 0))
+    return [lookups, hits, fallbacks, age, errors, stale, writes, dropped] if seen else []
+
+
 def door_families(door: Door) -> list[Metric]:
     """Shedding at the door (this process: every worker has its own loop)."""
     refused = CounterMetricFamily("gateway_door_refused",
@@ -296,7 +342,8 @@ class GatewayMetrics:
         peers = dp.peer_docs()  # read once per scrape
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
-        families = gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic) + door_families(dp.door) + remote_families(dp)
+        families = (gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic)
+                    + door_families(dp.door) + remote_families(dp) + precomputed_families(dp))
         return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
 

@@ -53,14 +53,16 @@ class ModelRoute:
     """One model's entry in the routing table. Immutable once published."""
 
     __slots__ = ("name", "seed", "targets", "default", "arms", "arm_targets", "cum", "sticky_key", "remember",
-                 "policy")
+                 "policy", "entity_key", "keys")
 
     def __init__(self, name: str, targets: Mapping[str, Target], default: str,
                  arms: Mapping[str, float] | None = None, arm_targets: Mapping[str, Target] | None = None,
-                 sticky_key: str = "", remember: Remember | None = None, policy: Any = None) -> None:
+                 sticky_key: str = "", remember: Remember | None = None, policy: Any = None,
+                 entity_key: str = "") -> None:
         """``targets``: version -> the version's own target (pinned requests). ``arms``: version ->
         weight for unpinned requests (None: all to ``default``); ``arm_targets`` may wrap an arm
-        (a shadow pair). ``policy``: what the admin API shows; not read here."""
+        (a shadow pair). ``policy``: what the admin API shows; not read here. ``entity_key``: the
+        precomputed route's key (a header / metadata name), handed to the target as ``request.entity``."""
         self.name = name
         self.seed = model_seed(name)
         self.targets = dict(targets)
@@ -68,6 +70,9 @@ class ModelRoute:
         self.sticky_key = sticky_key
         self.remember = remember
         self.policy = policy
+        self.entity_key = entity_key
+        self.keys = tuple(k for k in (sticky_key, entity_key) if k)
+        """The header / metadata names the fronts collect for this model."""
         live = [(v, w) for v, w in (arms or {}).items() if w > 0]
         if arms is None or not live:
             self.arms: tuple[str, ...] = ()
@@ -99,8 +104,8 @@ class Router:
         self.table: dict[str, ModelRoute] = {}
         self.miss = miss
         self.sticky_headers: dict[bytes, str] = {}
-        """Lowercase header names some model's policy reads (the HTTP front keeps only these), to
-        the key name the router looks up."""
+        """Lowercase header names some model's policy or precomputed route reads (the HTTP front
+        keeps only these), to the key name the router looks up."""
         self.sticky_sizes: frozenset[int] = frozenset()
 
     def publish(self, name: str, route: ModelRoute | None) -> None:
@@ -110,7 +115,7 @@ class Router:
             table.pop(name, None)
         else:
             table[name] = route
-        keys = {r.sticky_key.encode(): r.sticky_key for r in table.values() if r.sticky_key}
+        keys = {k.encode(): k for r in table.values() for k in r.keys}
         self.table = table  # the atomic part: one reference
         self.sticky_headers = keys
         self.sticky_sizes = frozenset(len(k) for k in keys)
@@ -121,6 +126,8 @@ class Router:
         r = self.table.get(request.model_name)
         if r is None:
             raise self.miss(request.model_name, request.model_version)
+        if r.entity_key and keys:
+            request.entity = keys.get(r.entity_key)
         version = request.model_version
         if version:
             t = r.targets.get(version)

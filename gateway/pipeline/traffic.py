@@ -54,6 +54,8 @@ class VersionView(Protocol):
     admit: Admit
     target: Target
     stats: ModelStats
+    entity_key: str
+    """The precomputed route's key name ("" without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,10 @@ class ModelTraffic:
         if not self.versions:
             return None
         targets = {v: mv.target for v, mv in self.versions.items()}
+        entity_key = next(iter(self.versions.values())).entity_key  # one config.toml: every version's the same
         p = self.policy
         if p is None:
-            return ModelRoute(self.name, targets, self.default)
+            return ModelRoute(self.name, targets, self.default, entity_key=entity_key)
         stable = self.stable
         arms = dict(p.weights) if p.weights else {stable: 100.0}
         wrapped: dict[str, Target] = {}
@@ -157,7 +160,7 @@ class ModelTraffic:
                                               self.clock, self.settings.shadow_max_outstanding, self.load)
         live = [v for v, w in arms.items() if w > 0]
         remember = self.book.remember if len(live) > 1 else None
-        return ModelRoute(self.name, targets, stable, arms, wrapped, p.sticky_key, remember, p)
+        return ModelRoute(self.name, targets, stable, arms, wrapped, p.sticky_key, remember, p, entity_key)
 
     # ---- guards ------------------------------------------------------------------------------
     def tick(self, now: float) -> bool:

@@ -42,9 +42,12 @@ from gateway.pipeline import coalesce
 from gateway.pipeline.admit import Admit
 from gateway.pipeline.batcher import Batcher
 from gateway.pipeline.policy import PolicyError, TrafficPolicy, check_versions, parse_policy
+from gateway.pipeline.precomputed import PrecomputedTarget
+from gateway.pipeline.target import Target
 from gateway.pipeline.validate import Signature
 from gateway.repository.triton_config import TritonConfig, check_io, read_override, read_pbtxt
 from gateway.repository.warmup import default_feeds, sample_feeds, tile_rows
+from gateway.stores import open_store
 from gateway.types import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,10 @@ class ModelVersion:
 
     def __init__(self, name: str, version: str, config: ModelConfig, backend: Backend,
                  clock: Callable[[], float], triton: TritonConfig | None = None,
-                 model_filename: str = "", io: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None
-                 ) -> None:
+                 model_filename: str = "", io: tuple[Sequence[TensorSpec], Sequence[TensorSpec]] | None = None,
+                 store_base: Path | None = None) -> None:
+        """``store_base``: the model's directory, which a relative precomputed store path is in
+        (None: no precomputed stage, as for offline use)."""
         self.name = name
         self.version = version
         self.config = config
@@ -100,7 +105,17 @@ class ModelVersion:
         self.signature = Signature.build(name, inputs, outputs, config.batching)
         self.batcher = Batcher(name, version, config, backend, self.signature, self.stats, clock)
         self.admit = Admit(name, version, config, self.signature, self.batcher, self.stats, clock)
-        self.target = coalesce.wrap(self.admit, name, version, config, self.stats, clock)
+        target = coalesce.wrap(self.admit, name, version, config, self.stats, clock)
+        pc = config.precomputed
+        self.precomputed: PrecomputedTarget | None = None
+        self.entity_key = ""
+        if pc is not None and store_base is not None:
+            self.precomputed = PrecomputedTarget(target, name, version, pc,
+                                                 open_store(pc.store, store_base, pc.store_timeout_s,
+                                                            pc.write_back_pending), self.stats, clock)
+            self.entity_key = pc.key
+            target = self.precomputed
+        self.target: Target = target
         self.ready = False
         self.fingerprint: tuple[Any, ...] = ()
         """What it was built from (model file, configuration): a reload keeps it while unchanged."""
@@ -388,7 +403,7 @@ class ModelRegistry:
             if plan.needs_wrapper:
                 backend = ReshapingBackend(inner, plan.inputs, plan.outputs, plan.input_reshape, plan.output_reshape,
                                            eff.batching)
-        mv = ModelVersion(name, v, eff, backend, self.clock, tc, filename, io)
+        mv = ModelVersion(name, v, eff, backend, self.clock, tc, filename, io, model_dir)
         mv.warm_up()
         return mv
 
@@ -418,6 +433,8 @@ class ModelRegistry:
         mv.ready = False
         mv.admit.accepting = False
         await mv.batcher.drain()
+        if mv.precomputed is not None:
+            await mv.precomputed.close()
         await mv.backend.close()
 
     async def close(self) -> None:

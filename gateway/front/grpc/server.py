@@ -83,12 +83,16 @@ def aborts_on_error(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     return rpc
 
 
-def sticky_metadata(context: Any, key: str) -> dict[str, str] | None:
-    """The sticky key's value from the call's metadata (keys arrive lowercase), if sent."""
+def sticky_metadata(context: Any, names: tuple[str, ...]) -> dict[str, str] | None:
+    """The values of the metadata keys ``names`` (a sticky key, an entity key) the call sent;
+    keys arrive lowercase."""
+    out: dict[str, str] | None = None
     for k, v in context.invocation_metadata() or ():
-        if k == key:
-            return {key: v if isinstance(v, str) else v.decode("latin-1")}
-    return None
+        if k in names:
+            if out is None:
+                out = {}
+            out[k] = v if isinstance(v, str) else v.decode("latin-1")
+    return out
 
 
 class InferenceServicer:
@@ -136,8 +140,8 @@ class InferenceServicer:
             size = self._budget.take(infer_request)
             route = self._dp.route_of(infer_request.model_name)
             keys = None
-            if route is not None and route.arms and route.sticky_key:  # a policy reading a sticky key
-                keys = sticky_metadata(context, route.sticky_key)
+            if route is not None and route.keys:  # a policy's sticky key, a precomputed route's entity key
+                keys = sticky_metadata(context, route.keys)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True, keys=keys)
             if route is not None and route.arms:

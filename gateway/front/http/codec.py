@@ -245,6 +245,8 @@ def _encode_json_fast(resp: InferResponse) -> bytes | None:
     parts = [head]
     if resp.id:
         parts += [b',"id":', _dumps(resp.id)]
+    if resp.parameters:
+        parts += [b',"parameters":', _dumps(resp.parameters, option=_NUMPY_OPT)]
     parts.append(b',"outputs":[')
     first = True
     for name, arr in resp.outputs.items():
@@ -298,6 +300,8 @@ def encode_infer(resp: InferResponse, binary: frozenset[str] | None,
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
     if resp.id:
         doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = resp.parameters
     doc["outputs"] = outputs
     head = _dumps(doc, option=_NUMPY_OPT)
     if not chunks:

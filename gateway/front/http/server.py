@@ -86,6 +86,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RETRY = b"retry-after: 1\r\n"
 _ARM_PINNED = b"x-gateway-arm: pinned\r\n"
 _ARM_LINES: dict[str, bytes] = {}
+_SOURCE_LINES = {s: b"x-prediction-source: " + s.encode() + b"\r\n" for s in ("precomputed", "live")}
 
 
 def _arm_line(version: str) -> bytes:
@@ -160,6 +161,9 @@ class _Call:
                     body, close = encode_body(body, self.accept, close)
                 if self.arm:
                     close = (_ARM_PINNED if self.arm == 2 else _arm_line(resp.model_version)) + close  # type: ignore[union-attr]
+                params = resp.parameters  # type: ignore[union-attr]
+                if params is not None and "prediction_source" in params:  # the precomputed route's answers
+                    close = _SOURCE_LINES.get(params["prediction_source"], b"") + close
                 if hlen < 0:
                     data = b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
                 else:

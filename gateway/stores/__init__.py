@@ -1,0 +1,76 @@
+"""Stores of precomputed predictions (the hybrid route): SQLite (embedded, the default) and Redis.
+
+Two faces per store: a serving one (``Store``: lookups and buffered write-back, on the event loop)
+and a bulk one (``BulkWriter``: ``gateway batch --to-store``, one transaction per input part). Both
+hold ``entry.encode``d values under (model, key), so any writer and any reader agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+
+class Store(Protocol):
+    inline: bool
+    """True: ``get_now`` answers on the caller's thread in microseconds (an embedded file); False:
+    ``get`` is awaited (a network store)."""
+
+    def get_now(self, model: str, key: str) -> bytes | None: ...
+
+    async def get(self, model: str, key: str) -> bytes | None: ...
+
+    def put_later(self, model: str, key: str, value: bytes) -> bool:
+        """Buffer a write-back, written off the request path; False when the buffer is full (dropped)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class BulkWriter(Protocol):
+    def write(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
+        """Store (key, value) pairs in one transaction (all or none); returns how many."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def sqlite_path(url: str, base: Path) -> Path:
+    """``sqlite:///abs.db`` is /abs.db; ``sqlite://rel.db`` and ``sqlite:rel.db`` are relative to ``base``."""
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        rest = rest[2:]
+    if not rest:
+        raise ValueError(f"{url!r} names no file")
+    p = Path(rest)
+    return p if p.is_absolute() else base / p
+
+
+def open_store(url: str, base: Path, timeout_s: float, pending: int) -> Store:
+    """The serving store for ``url``; connects lazily (on first use, on the event loop)."""
+    if _is_redis(url):
+        from gateway.stores.redis import RedisStore
+
+        return RedisStore(url, timeout_s, pending)
+    if url.startswith("sqlite:"):
+        from gateway.stores.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url, base), pending)
+    raise ValueError(f"unknown store URL {url!r} (sqlite:// or redis://)")
+
+
+def open_writer(url: str, base: Path) -> BulkWriter:
+    if _is_redis(url):
+        from gateway.stores.redis import RedisWriter
+
+        return RedisWriter(url)
+    if url.startswith("sqlite:"):
+        from gateway.stores.sqlite import SqliteWriter
+
+        return SqliteWriter(sqlite_path(url, base))
+    raise ValueError(f"unknown store URL {url!r} (sqlite:// or redis://)")

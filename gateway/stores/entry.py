@@ -1,0 +1,126 @@
+"""A stored prediction: the outputs of one entity's request, the version that computed them, when,
+and a fingerprint of the inputs they were computed from.
+
+One self-describing binary value per entry, the same in every store (SQLite, Redis), so that a batch
+job writing to one and a server reading from another agree without a schema: a magic and format
+number, the computed-at time (Unix seconds), the version, the 16-byte fingerprint, then per output
+its name, numpy dtype, shape and raw bytes (BYTES elements length-prefixed). Decoding is one
+``np.frombuffer`` per output, no copy: the arrays are read-only views of the value.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from xxhash import xxh3_128
+
+MAGIC = b"GWP1"
+_HEAD = struct.Struct("<4sdH")  # magic, computed_at, version length
+_OUT = struct.Struct("<HBB")  # name length, dtype length, ndim
+_LEN = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+class BadEntry(ValueError):
+    """A stored value that is not an entry of this format (damaged, or written by something else)."""
+
+
+@dataclass(slots=True)
+class Entry:
+    version: str
+    computed_at: float
+    """Unix time (seconds) the outputs were computed."""
+    fingerprint: bytes
+    """``fingerprint(inputs)`` of the inputs, or b"" when unknown."""
+    outputs: dict[str, np.ndarray]
+
+
+def fingerprint(inputs: Mapping[str, np.ndarray]) -> bytes:
+    """16 bytes that change when any input's name, dtype, shape or bytes change (xxh3-128)."""
+    h = xxh3_128()
+    for name in sorted(inputs):
+        a = inputs[name]
+        h.update(name.encode())
+        h.update(b"\0" + a.dtype.str.encode() + b"\0" + repr(a.shape).encode() + b"\0")
+        if a.dtype.kind == "O":
+            h.update(_bytes_elements(a))
+        else:
+            h.update(np.ascontiguousarray(a).data)
+    return h.digest()
+
+
+def _bytes_elements(a: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for item in a.flat:
+        b = item if isinstance(item, bytes) else str(item).encode()
+        parts += (_U32.pack(len(b)), b)
+    return b"".join(parts)
+
+
+def encode(entry: Entry) -> bytes:
+    v = entry.version.encode()
+    fp = entry.fingerprint
+    parts = [_HEAD.pack(MAGIC, entry.computed_at, len(v)), v, bytes([len(fp)]), fp,
+             struct.pack("<H", len(entry.outputs))]
+    for name, arr in entry.outputs.items():
+        n = name.encode()
+        dt = b"O" if arr.dtype.kind == "O" else arr.dtype.str.encode()
+        data = _bytes_elements(arr) if arr.dtype.kind == "O" else np.ascontiguousarray(arr).tobytes()
+        parts += (_OUT.pack(len(n), len(dt), arr.ndim), n, dt, struct.pack(f"<{arr.ndim}q", *arr.shape),
+                  _LEN.pack(len(data)), data)
+    return b"".join(parts)
+
+
+def decode(value: bytes) -> Entry:
+    try:
+        magic, computed_at, vlen = _HEAD.unpack_from(value, 0)
+        if magic != MAGIC:
+            raise BadEntry("not a stored prediction (bad magic)")
+        at = _HEAD.size
+        version = value[at:at + vlen].decode()
+        at += vlen
+        flen = value[at]
+        fp = bytes(value[at + 1:at + 1 + flen])
+        at += 1 + flen
+        (count,) = struct.unpack_from("<H", value, at)
+        at += 2
+        mv = memoryview(value)
+        outputs: dict[str, np.ndarray] = {}
+        for _ in range(count):
+            nlen, dlen, ndim = _OUT.unpack_from(value, at)
+            at += _OUT.size
+            name = value[at:at + nlen].decode()
+            at += nlen
+            dt = value[at:at + dlen].decode()
+            at += dlen
+            shape = struct.unpack_from(f"<{ndim}q", value, at)
+            at += 8 * ndim
+            (size,) = _LEN.unpack_from(value, at)
+            at += _LEN.size
+            if at + size > len(value):
+                raise BadEntry("truncated")
+            if dt == "O":
+                outputs[name] = _read_bytes_elements(mv[at:at + size], shape)
+            else:
+                outputs[name] = np.frombuffer(mv[at:at + size], dtype=np.dtype(dt)).reshape(shape)
+            at += size
+    except BadEntry:
+        raise
+    except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise BadEntry(f"not a stored prediction: {exc}") from None
+    return Entry(version, computed_at, fp, outputs)
+
+
+def _read_bytes_elements(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+    items = []
+    at = 0
+    while at < len(buf):
+        (n,) = _U32.unpack_from(buf, at)
+        items.append(bytes(buf[at + 4:at + 4 + n]))
+        at += 4 + n
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(shape)
