@@ -32,7 +32,7 @@ from gateway.errors import Code, GatewayError
 from gateway.model_config import ConfigError, PrecomputedConfig, parse_config
 from gateway.observe.stats import ModelStats
 from gateway.pipeline.precomputed import PrecomputedTarget
-from gateway.stores import open_writer, sqlite_path
+from gateway.stores import open_writer, sqlite_path, write_all
 from gateway.stores.entry import BadEntry, Entry, decode, encode, fingerprint
 from gateway.testing import ServerThread
 from gateway.types import InferRequest, InferResponse
@@ -52,7 +52,7 @@ def repo_with(tmp: Path, section: str, versions: tuple[int, ...] = (1,)) -> Path
 def put(url: str, base: Path, items: dict[str, Entry]) -> None:
     w = open_writer(url, base)
     try:
-        w.write("mlp", ((k, encode(e)) for k, e in items.items()))
+        write_all(w, "mlp", ((k, encode(e)) for k, e in items.items()))
     finally:
         w.close()
 
@@ -249,7 +249,7 @@ def test_fallback_error_answers_not_found(tmp_path: Path) -> None:
 def test_unreadable_entry_and_broken_file_run_live(tmp_path: Path) -> None:
     repo = repo_with(tmp_path, 'store = "sqlite://p.db"')
     w = open_writer("sqlite://p.db", repo / "mlp")
-    w.write("mlp", [("junk", b"not an entry")])
+    write_all(w, "mlp", [("junk", b"not an entry")])
     w.close()
     with ServerThread(repo) as srv:
         status, _, doc = infer(srv, "junk")
@@ -395,3 +395,22 @@ def test_stale_if_error(tmp_path: Path) -> None:
     assert e1 is None and r1 is not None and r1.parameters["prediction_stale"] is True  # type: ignore[index]
     np.testing.assert_array_equal(r1.outputs["OUTPUT0"], STORED)
     assert r2 is None and e2 is not None and e2.code is Code.UNAVAILABLE  # too old even for that
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_encode_like_single_entries(seed: int) -> None:
+    """The batch job's vectorized per-row fingerprints and values equal the serving side's own, row by row."""
+    from gateway.stores.entry import encode_rows, row_fingerprints
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    feeds = {"INPUT0": rng.standard_normal((n, int(rng.integers(1, 80)))).astype(np.float32),
+             "AUX": rng.integers(-5, 5, (n, 3, 2)).astype(np.int32)}
+    if seed % 2:
+        del feeds["AUX"]
+    outs = {"OUTPUT0": rng.standard_normal((n, 10)).astype(np.float32), "IDX": rng.integers(0, 9, (n,))}
+    fps = row_fingerprints(feeds)
+    values = encode_rows("4", 1.7e9, fps, outs)
+    for i in range(n):
+        assert fps[i] == fingerprint({k: v[i:i + 1] for k, v in feeds.items()})
+        assert values[i] == encode(Entry("4", 1.7e9, fps[i], {k: v[i:i + 1] for k, v in outs.items()}))

@@ -29,11 +29,30 @@ class Store(Protocol):
 
 
 class BulkWriter(Protocol):
-    def write(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
-        """Store (key, value) pairs in one transaction (all or none); returns how many."""
-        ...
+    """One transaction at a time: ``begin``, ``add`` any number of times, ``commit`` (all of it is
+    stored) or ``abort`` (none of it is)."""
+
+    def begin(self) -> None: ...
+
+    def add(self, model: str, items: Iterable[tuple[str, bytes]]) -> int: ...
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def write_all(writer: BulkWriter, model: str, items: Iterable[tuple[str, bytes]]) -> int:
+    """(key, value) pairs in one transaction; returns how many."""
+    writer.begin()
+    try:
+        n = writer.add(model, items)
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
+    return n
 
 
 def _is_redis(url: str) -> bool:

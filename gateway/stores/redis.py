@@ -97,22 +97,34 @@ class RedisStore:
 
 
 class RedisWriter:
-    """Bulk writes: each call is one MULTI/EXEC transaction (all of a part's entries or none)."""
+    """Bulk writes: each part is one MULTI/EXEC transaction (all of its entries or none). The
+    commands are held client-side until ``commit``: a part's entries are in memory once."""
 
     def __init__(self, url: str) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=10)
         self.client.ping()
+        self.pipe: Any = None
 
-    def write(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
-        pipe = self.client.pipeline(transaction=True)
+    def begin(self) -> None:
+        self.pipe = self.client.pipeline(transaction=True)
+
+    def add(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
         n = 0
         for k, v in items:
-            pipe.set(redis_key(model, k), v)
+            self.pipe.set(redis_key(model, k), v)
             n += 1
-        pipe.execute()
         return n
+
+    def commit(self) -> None:
+        self.pipe.execute()
+        self.pipe = None
+
+    def abort(self) -> None:
+        if self.pipe is not None:
+            self.pipe.reset()
+            self.pipe = None
 
     def close(self) -> None:
         self.client.close()

@@ -100,32 +100,29 @@ class SqliteStore:
 
 
 class SqliteWriter:
-    """Bulk writes (``gateway batch --to-store``): a transaction per call, waiting up to 30 s for a
-    write-back flush that holds the lock."""
+    """Bulk writes (``gateway batch --to-store``): one transaction per part, waiting up to 30 s for
+    a write-back flush that holds the lock. While a part's transaction is open, the servers'
+    write-backs to this file fail fast and are dropped (counted); their reads go on."""
 
     def __init__(self, path: Path) -> None:
         self.conn = connect(path, 30_000)
+        self.now = 0.0
 
-    def write(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
-        now = time.time()
-        db = self.conn
-        db.execute("BEGIN IMMEDIATE")
-        n = 0
-        try:
-            batch: list[tuple[str, str, bytes, float]] = []
-            for k, v in items:
-                batch.append((model, k, v, now))
-                if len(batch) >= 10_000:
-                    db.executemany(_PUT, batch)
-                    n += len(batch)
-                    batch = []
-            db.executemany(_PUT, batch)
-            n += len(batch)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return n
+    def begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.now = time.time()
+
+    def add(self, model: str, items: Iterable[tuple[str, bytes]]) -> int:
+        rows = [(model, k, v, self.now) for k, v in items]
+        self.conn.executemany(_PUT, rows)
+        return len(rows)
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def abort(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()
