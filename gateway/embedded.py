@@ -56,8 +56,10 @@ class Gateway:
             self._tmp.cleanup()
 
     async def infer(self, model: str, inputs: Mapping[str, Any], *, version: str = "",
-                    outputs: Sequence[str] | None = None, timeout_us: int = 0) -> dict[str, np.ndarray]:
-        """Run one request; arrays are converted to the model's declared dtypes."""
+                    outputs: Sequence[str] | None = None, timeout_us: int = 0,
+                    parameters: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Run one request; arrays are converted to the model's declared dtypes. ``parameters``: the
+        request's (``priority``, a precomputed route's key, ``max_staleness_s``, ...)."""
         mv = self.registry.get(model, version)
         specs = {s.name: s for s in mv.signature.inputs}
         arrays = {}
@@ -65,7 +67,7 @@ class Gateway:
             spec = specs.get(name)
             arrays[name] = np.asarray(value, dtype=spec.dtype) if spec is not None else np.asarray(value)
         req = InferRequest(model, version, arrays, list(outputs) if outputs is not None else None,
-                           timeout_us=timeout_us)
+                           parameters=dict(parameters) if parameters else None, timeout_us=timeout_us)
         resp = await self.dataplane.infer(req)
         return resp.outputs
 
