@@ -97,12 +97,16 @@ def parts_of(spec: str) -> list[Path]:
 
 
 def read_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The file's records, ``batch_size`` rows at most at a time, streamed (never the whole file)."""
     kind = FORMATS[path.suffix.lower()]
     if kind == "parquet":
+        # one decoding thread: the second core is the reader's and the writer's, the first the model's
         yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, use_threads=False)
         return
-    table = pacsv.read_csv(path) if kind == "csv" else pajson.read_json(path)
-    yield from table.to_batches(max_chunksize=batch_size)
+    stream = pacsv.open_csv(path) if kind == "csv" else pajson.open_json(path)  # 1 MiB blocks
+    for b in stream:
+        for start in range(0, b.num_rows, batch_size):
+            yield b.slice(start, batch_size)
 
 
 def _writer(path: Path, fmt: str, schema: pa.Schema) -> Any:
@@ -329,7 +333,7 @@ def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Eve
                 _compute(item, runner, job.batch_size)
                 done += item.read
                 if show is not None:
-                    show(_progress_line(item.part.index, len(parts), done, total, time.perf_counter() - t0))
+                    show(progress_line(item.part.index, len(parts), done, total, time.perf_counter() - t0))
             if not write_q.put(item):
                 break
             if isinstance(item, BaseException):
@@ -445,7 +449,7 @@ def _total_rows(paths: Sequence[Path]) -> int | None:
     return sum(_count_rows(p) for p in paths)
 
 
-def _progress_line(index: int, parts: int, done: int, total: int | None, seconds: float) -> str:
+def progress_line(index: int, parts: int, done: int, total: int | None, seconds: float) -> str:
     rate = done / seconds if seconds > 0 else 0.0
     line = f"part {index + 1}/{parts}: {done:,}"
     if total:
