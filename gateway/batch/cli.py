@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="bad rows (nulls, wrong widths): fail the job naming them, or write them to rejects/")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="output format")
-    p.add_argument("--in-flight", type=int, default=4, help="batches held between read, compute and write")
+    p.add_argument("--in-flight", type=int, default=4, help="chunks (up to 64k rows) held between read, compute and write")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
 
