@@ -331,7 +331,7 @@ def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Eve
         t.start()
     done = 0
     try:
-        while (item := read_q.get()) is not _END:
+        while not stop.is_set() and (item := read_q.get()) is not _END:
             if isinstance(item, _Chunk):
                 _compute(item, runner, job.batch_size)
                 done += item.read
