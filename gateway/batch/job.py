@@ -7,7 +7,7 @@ batches and runs them on the model (the server's own backend, loaded by the serv
 code: one instance inline, several through ``run_async`` so every instance is busy, in order), a
 writer appends one row group per chunk to the part's output. onnxruntime and pyarrow release the
 GIL, so reading and writing run on another core while the model computes. At most ``in_flight``
-chunks (of ~16 MiB of input each, at most) wait between the stages: memory is bounded whatever the
+chunks (of 8 MiB of input each, at most) wait between the stages: memory is bounded whatever the
 input size.
 
 Output: a directory with one file per input part (``part-00000.parquet``, in input order). A part is
@@ -235,7 +235,7 @@ class _PartEnd:
 
 _END = object()  # the reader read every part
 _CHUNK_ROWS = 65536  # rows read (and written as one row group) at a time, at most...
-_CHUNK_BYTES = 16 << 20  # ...and input bytes per chunk, at most (memory: in_flight chunks per queue)
+_CHUNK_BYTES = 8 << 20  # ...and input bytes per chunk, at most (memory: in_flight chunks per queue)
 
 
 def chunk_rows(sources_width: int, batch_size: int) -> int:
