@@ -19,7 +19,7 @@ import pytest
 
 from gateway.backends.onnx import OnnxBackend
 from gateway.batch.columns import expand
-from gateway.batch.job import Job, progress_line, run
+from gateway.batch.job import BadRows, Job, progress_line, run
 from gateway.demo import build_demo_repository
 
 
@@ -133,7 +133,8 @@ def test_several_instances_all_compute_and_keep_the_row_order(tmp_path: Path,
         return real(self, sess, feeds)
 
     monkeypatch.setattr(OnnxBackend, "_run", counting)
-    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), batch_size=500, quiet=True))
+    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), batch_size=500,
+                quiet=True))
     assert s.rows == 140_000 and len(used) == 3  # every instance ran batches
     t = read_out(tmp_path / "out")
     assert np.array_equal(t.column("id").to_numpy(), np.arange(140_000))
@@ -153,7 +154,8 @@ def test_progress_shows_rows_per_second_and_an_eta_unless_quiet(repo: Path, tmp_
                        timeout=120, check=True)
     assert r.stderr == "" and "10000 rows in" in r.stdout
     # rows of CSV or JSON are not known before reading them: no total, no ETA
-    assert progress_line(0, 3, 2000, 10_000, 1.0) == "part 1/3: 2,000/10,000 rows (20 %), 2,000 rows/s, ETA 0:04"
+    line = progress_line(0, 3, 2000, 10_000, 1.0)
+    assert line == "part 1/3: 2,000/10,000 rows (20 %), 2,000 rows/s, ETA 0:04"
     assert progress_line(1, 3, 2000, None, 2.0) == "part 2/3: 2,000 rows, 1,000 rows/s"
 
 
@@ -177,6 +179,19 @@ def test_bad_rows_fail_the_job_by_number_or_go_to_rejects(repo: Path, tmp_path: 
     assert read_out(tmp_path / "out2").column("id").to_pylist() == [0, 1, 2, 4, 5, 6, 9]
     rejects = pq.read_table(tmp_path / "out2" / "rejects" / "part-00000.parquet")
     assert rejects.column("row").to_pylist() == [3, 7, 8] and rejects.column("id").to_pylist() == [3, 7, 8]
+
+
+def test_a_bad_row_in_a_later_part_fails_after_the_parts_before_it_are_complete(repo: Path,
+                                                                                tmp_path: Path) -> None:
+    write_parts(tmp_path / "in", 1, 1000)  # in-00: complete before the failure
+    bad_input(tmp_path / "in" / "in-01.parquet")  # rows 1003, 1007, 1008 of the input are bad
+    write_parts(tmp_path / "more", 1, 1000)
+    (tmp_path / "more" / "in-00.parquet").rename(tmp_path / "in" / "in-02.parquet")
+    with pytest.raises(BadRows, match="row 1003, 1007, 1008"):
+        run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), quiet=True))
+    # the part before is complete; no temporary file, no _SUCCESS
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 1000
 
 
 def test_scalar_csv_columns_mapped_to_an_input_and_csv_output(repo: Path, tmp_path: Path) -> None:
