@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Arrow's default allocator (mimalloc) hands each chunk's pages back to the kernel and faults them
+    # in again (zeroed huge pages): ~20 % of the job's rows/s here; the system allocator does not
+    # (measured, bench/batch_bench.py). Read once, when pyarrow loads; a user's choice stands.
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     try:
         import pyarrow  # noqa: F401
     except ImportError:
