@@ -5,7 +5,10 @@ same rows (the floor: no reading, converting or writing), in one run.
 
 The demo mlp (64->256->256->10 FP32, one onnxruntime thread as the demo configures it), ROWS random
 rows in 4 Parquet parts. The job's rows/s is its own (scoring, from the first read to the last
-rename; the model load is excluded like the floor's session creation). Same machine, same run.
+rename; the imports and the model load are excluded like the floor's session creation). Same
+machine, same run. The floor uses one core, the job two (the model on one, reading, converting and
+writing on the other): anything else running on the machine lowers the ratio, so compare the best
+of several runs.
 """
 
 from __future__ import annotations

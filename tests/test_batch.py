@@ -17,7 +17,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from gateway.backends.onnx import OnnxBackend
 from gateway.batch.columns import expand
+from gateway.batch.job import BadRows, Job, progress_line, run
 from gateway.demo import build_demo_repository
 
 
@@ -80,11 +82,81 @@ def test_a_job_killed_halfway_resumes_without_computing_a_part_twice(repo: Path,
     done_before = len(list(out.glob("part-*.parquet")))
     assert 3 <= done_before < 8 and not (out / "_SUCCESS").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True)
+    # counted: the rerun computes exactly the rows of the parts the killed run had not finished
+    assert f"{(8 - done_before) * 60_000} rows in" in r.stdout, r.stdout
     assert f"{8 - done_before} scored, {done_before} already done" in r.stdout, r.stdout
     t = read_out(out)
     assert np.array_equal(t.column("id").to_numpy(), np.arange(480_000))  # no part missing, none twice
     got = np.asarray(t.column("OUTPUT0").combine_chunks().flatten()).reshape(-1, 10)
     assert np.allclose(got, reference(repo, x), atol=1e-5)
+
+
+def session(model: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # as the repository configures it
+    return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+
+
+def test_a_million_rows_equal_onnxruntime_run_on_the_same_batches(repo: Path, tmp_path: Path) -> None:
+    sizes = [300_000, 250_000, 200_000, 150_000, 100_000]  # 1M rows in 5 parts, uneven tails
+    x = np.random.default_rng(7).standard_normal((sum(sizes), 64)).astype(np.float32)
+    (tmp_path / "in").mkdir()
+    starts = np.cumsum([0, *sizes])
+    for i, (a, b) in enumerate(zip(starts[:-1], starts[1:], strict=True)):
+        pq.write_table(pa.table({"id": np.arange(a, b), "INPUT0": pa.FixedSizeListArray.from_arrays(
+            pa.array(x[a:b].ravel()), 64)}), tmp_path / "in" / f"p{i}.parquet", row_group_size=100_000)
+    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), quiet=True))
+    assert (s.rows, s.rejected, s.parts_done, s.parts_skipped) == (1_000_000, 0, 5, 0)
+    t = read_out(tmp_path / "out")
+    assert np.array_equal(t.column("id").to_numpy(), np.arange(1_000_000))
+    got = np.asarray(t.column("OUTPUT0").combine_chunks().flatten()).reshape(-1, 10)
+    # the same batches onnxruntime's own loop makes (1024 rows from each part's start): the same
+    # kernels on the same rows, so the same bits
+    sess = session(repo / "mlp" / "2" / "model.onnx")
+    want = np.concatenate([sess.run(None, {"INPUT0": x[s:min(s + 1024, b)]})[0]
+                           for a, b in zip(starts[:-1], starts[1:], strict=True) for s in range(a, b, 1024)])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_several_instances_all_compute_and_keep_the_row_order(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = build_demo_repository(tmp_path / "repo")
+    cfg = repo / "mlp" / "config.toml"
+    cfg.write_text(cfg.read_text() + "instances = 3\n")
+    x = write_parts(tmp_path / "in", 2, 70_000, seed=5)
+    used: set[int] = set()
+    real = OnnxBackend._run
+
+    def counting(self: OnnxBackend, sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> object:
+        if feeds["INPUT0"].shape[0] == 500:  # the job's batches (the warm-up's are 64 rows)
+            used.add(id(sess))
+        return real(self, sess, feeds)
+
+    monkeypatch.setattr(OnnxBackend, "_run", counting)
+    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), batch_size=500,
+                quiet=True))
+    assert s.rows == 140_000 and len(used) == 3  # every instance ran batches
+    t = read_out(tmp_path / "out")
+    assert np.array_equal(t.column("id").to_numpy(), np.arange(140_000))
+    got = np.asarray(t.column("OUTPUT0").combine_chunks().flatten()).reshape(-1, 10)
+    np.testing.assert_array_equal(got, session(repo / "mlp" / "2" / "model.onnx").run(None, {"INPUT0": x})[0])
+
+
+def test_progress_shows_rows_per_second_and_an_eta_unless_quiet(repo: Path, tmp_path: Path) -> None:
+    write_parts(tmp_path / "in", 2, 5_000)
+    cmd = [sys.executable, "-m", "gateway", "batch", "--model-repository", str(repo), "-m", "mlp", "--input",
+           str(tmp_path / "in")]
+    r = subprocess.run([*cmd, "--output", str(tmp_path / "o1")], capture_output=True, text=True, timeout=120,
+                       check=True)
+    assert "rows/s" in r.stderr and "ETA" in r.stderr and "/10,000 rows" in r.stderr, r.stderr
+    assert "10000 rows in" in r.stdout and "0 rejected; parts: 2 scored, 0 already done" in r.stdout, r.stdout
+    r = subprocess.run([*cmd, "--output", str(tmp_path / "o2"), "-q"], capture_output=True, text=True,
+                       timeout=120, check=True)
+    assert r.stderr == "" and "10000 rows in" in r.stdout
+    # rows of CSV or JSON are not known before reading them: no total, no ETA
+    line = progress_line(0, 3, 2000, 10_000, 1.0)
+    assert line == "part 1/3: 2,000/10,000 rows (20 %), 2,000 rows/s, ETA 0:04"
+    assert progress_line(1, 3, 2000, None, 2.0) == "part 2/3: 2,000 rows, 1,000 rows/s"
 
 
 def bad_input(path: Path) -> None:
@@ -107,6 +179,19 @@ def test_bad_rows_fail_the_job_by_number_or_go_to_rejects(repo: Path, tmp_path: 
     assert read_out(tmp_path / "out2").column("id").to_pylist() == [0, 1, 2, 4, 5, 6, 9]
     rejects = pq.read_table(tmp_path / "out2" / "rejects" / "part-00000.parquet")
     assert rejects.column("row").to_pylist() == [3, 7, 8] and rejects.column("id").to_pylist() == [3, 7, 8]
+
+
+def test_a_bad_row_in_a_later_part_fails_after_the_parts_before_it_are_complete(repo: Path,
+                                                                                tmp_path: Path) -> None:
+    write_parts(tmp_path / "in", 1, 1000)  # in-00: complete before the failure
+    bad_input(tmp_path / "in" / "in-01.parquet")  # rows 1003, 1007, 1008 of the input are bad
+    write_parts(tmp_path / "more", 1, 1000)
+    (tmp_path / "more" / "in-00.parquet").rename(tmp_path / "in" / "in-02.parquet")
+    with pytest.raises(BadRows, match="row 1003, 1007, 1008"):
+        run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("id",), quiet=True))
+    # the part before is complete; no temporary file, no _SUCCESS
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == ["part-00000.parquet"]
+    assert pq.read_table(tmp_path / "out" / "part-00000.parquet").num_rows == 1000
 
 
 def test_scalar_csv_columns_mapped_to_an_input_and_csv_output(repo: Path, tmp_path: Path) -> None:

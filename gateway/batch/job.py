@@ -1,10 +1,14 @@
 """`gateway batch`: score files of records with a model from the repository, offline.
 
-Pipelined in three threads joined by bounded queues: a reader (pyarrow, by row group or block)
-feeds record batches, the caller's thread converts them (``columns``) and runs them on the model
-(the server's own backend, loaded by the server's repository code; onnxruntime releases the GIL, so
-reading and writing overlap the compute), a writer appends to the part's output. At most
-``in_flight`` batches are held between the stages, so memory is bounded whatever the input size.
+Pipelined in three threads joined by bounded queues, across parts (no drain between files):
+a reader (pyarrow, in chunks of up to 64k rows) converts each chunk to the model's input tensors
+(``columns``, zero-copy where Arrow allows), the compute thread cuts a chunk into ``batch_size``
+batches and runs them on the model (the server's own backend, loaded by the server's repository
+code: one instance inline, several through ``run_async`` so every instance is busy, in order), a
+writer appends one row group per chunk to the part's output. onnxruntime and pyarrow release the
+GIL, so reading and writing run on another core while the model computes. At most ``in_flight``
+chunks (of 8 MiB of input each, at most) wait between the stages: memory is bounded whatever the
+input size.
 
 Output: a directory with one file per input part (``part-00000.parquet``, in input order). A part is
 written under a temporary name and renamed when complete, so an output file is never half-written,
@@ -16,6 +20,7 @@ job naming their row numbers, or with ``on_error = "skip"`` go to ``rejects/`` w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -36,6 +41,7 @@ import pyarrow.parquet as pq
 
 from gateway.batch.columns import MappingError, Source, output_columns, plan, tensors
 from gateway.compose import build_pipeline
+from gateway.types import DATATYPE_TO_NUMPY
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json",
            ".ndjson": "json"}
@@ -91,20 +97,27 @@ def parts_of(spec: str) -> list[Path]:
 
 
 def read_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The file's records, ``batch_size`` rows at most at a time, streamed (never the whole file)."""
     kind = FORMATS[path.suffix.lower()]
     if kind == "parquet":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+        # one decoding thread: the second core is the reader's and the writer's, the first the model's
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, use_threads=False)
         return
-    table = pacsv.read_csv(path) if kind == "csv" else pajson.read_json(path)
-    yield from table.to_batches(max_chunksize=batch_size)
+    stream = pacsv.open_csv(path) if kind == "csv" else pajson.open_json(path)  # 1 MiB blocks
+    for b in stream:
+        for start in range(0, b.num_rows, batch_size):
+            yield b.slice(start, batch_size)
 
 
 def _writer(path: Path, fmt: str, schema: pa.Schema) -> Any:
     if fmt == "csv":
         return pacsv.CSVWriter(str(path), schema)
-    # no dictionary pages for the model's outputs: float predictions almost never repeat, and trying
-    # (Parquet's default) cost ~15 % of the job's rows/s (bench/batch_bench.py)
-    keys = [f.name for f in schema if not (pa.types.is_floating(f.type) or pa.types.is_fixed_size_list(f.type))]
+    # Dictionary pages only for string-like key columns (user ids, labels repeat): float predictions
+    # and numeric row ids almost never do, and trying (Parquet's default) cost ~15 % of the job's
+    # rows/s for the outputs and ~20 % of the writer's time for an int64 id, for a bigger file.
+    # Snappy (the default) kept: none wrote more bytes no faster, lz4 and zstd were slower (1M rows).
+    keys = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+            or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_dictionary(f.type)]
     return pq.ParquetWriter(str(path), schema, use_dictionary=keys)
 
 
@@ -115,17 +128,155 @@ def run(job: Job) -> Summary:
 async def _run(job: Job) -> Summary:
     if job.on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be fail or skip, got {job.on_error!r}")
+    # pyarrow imports pandas on its first numpy conversion (~0.2-0.3 s here): a start-up cost, like
+    # the imports and the model load, paid before the scoring clock starts rather than by the first chunk
+    pa.array(np.zeros(1, np.float32)).to_numpy()
     pipeline = build_pipeline(job.repository)
     registry = pipeline.registry
     await registry.load(job.model)
+    stop = threading.Event()
     try:
         mv = registry.get(job.model, job.version)
-        return _score(job, mv.backend, list(mv.signature.inputs))
+        runner = _Runner(mv.backend, asyncio.get_running_loop(), stop)
+        # scored off the loop thread: the loop stays free to complete run_async batches (and a remote
+        # backend's health checks) while the job's threads work
+        return await asyncio.to_thread(_score, job, runner, list(mv.signature.inputs), stop)
     finally:
+        stop.set()  # a cancelled job (Ctrl-C) stops its threads; the unfinished part is removed
         await registry.close()
 
 
-def _score(job: Job, backend: Any, inputs: Sequence[Any]) -> Summary:
+class _Stopped(Exception):
+    """The job was cancelled from outside (its event loop stopped)."""
+
+
+class _Runner:
+    """Runs one chunk's batches on the model and returns their outputs in order.
+
+    One instance whose batches are cheap (``inline``): ``run_inline`` on the calling thread, as the
+    server does on its loop, since a hand-off would cost more than it saves. Otherwise the server's
+    other path: ``run_async`` from the event loop, with as many batches in flight as the backend's
+    ``capacity`` (its instances), so that every instance of the model computes."""
+
+    def __init__(self, backend: Any, loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+        self.backend = backend
+        self.loop = loop
+        self.stop = stop
+
+    def __call__(self, batches: list[dict[str, np.ndarray]]) -> list[Mapping[str, np.ndarray]]:
+        b = self.backend
+        if b.inline and b.capacity <= 1:
+            return [b.run_inline(f) for f in batches]
+        fut = asyncio.run_coroutine_threadsafe(self._all(batches), self.loop)
+        while True:
+            try:
+                return fut.result(timeout=0.25)
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    fut.cancel()
+                    raise _Stopped from None
+
+    async def _all(self, batches: list[dict[str, np.ndarray]]) -> list[Mapping[str, np.ndarray]]:
+        loop = asyncio.get_running_loop()
+        out: list[Any] = [None] * len(batches)
+        slots = asyncio.Semaphore(max(1, self.backend.capacity))
+
+        async def one(i: int, feeds: dict[str, np.ndarray]) -> None:
+            async with slots:
+                fut: asyncio.Future[Any] = loop.create_future()
+
+                def done(result: Any, exc: BaseException | None) -> None:
+                    if fut.done():
+                        return
+                    if exc is not None:
+                        fut.set_exception(exc)
+                    else:
+                        fut.set_result(result)
+
+                self.backend.run_async(feeds, done)
+                out[i] = await fut
+
+        await asyncio.gather(*(one(i, f) for i, f in enumerate(batches)))
+        return out
+
+
+@dataclass
+class _Part:
+    index: int
+    path: Path
+    target: Path
+    skip: bool  # its output exists: finished by an earlier run, never computed twice
+
+    @property
+    def tmp(self) -> Path:
+        return self.target.with_name(f".{self.target.name}.tmp")
+
+    @property
+    def rejects_tmp(self) -> Path:
+        return self.target.parent / "rejects" / f".{self.target.stem}.parquet.tmp"
+
+
+@dataclass
+class _Chunk:
+    """Up to ``chunk_rows`` rows of one part, on their way from the reader to the writer."""
+
+    part: _Part
+    read: int  # rows read, bad ones included
+    feeds: dict[str, np.ndarray]  # the good rows' input tensors
+    kept: dict[str, Any]  # the --keep columns of the good rows
+    rejected: pa.Table | None  # the bad rows: their numbers and --keep columns
+    outputs: dict[str, np.ndarray] | None = None  # filled by the compute thread
+
+
+@dataclass
+class _PartEnd:
+    part: _Part
+
+
+_END = object()  # the reader read every part
+_CHUNK_ROWS = 65536  # rows read (and written as one row group) at a time, at most...
+_CHUNK_BYTES = 8 << 20  # ...and input bytes per chunk, at most (memory: in_flight chunks per queue)
+
+
+def chunk_rows(sources_width: int, batch_size: int) -> int:
+    """Rows per chunk for rows of ``sources_width`` bytes: a whole number of model batches."""
+    rows = min(_CHUNK_ROWS, _CHUNK_BYTES // max(1, sources_width))
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+def _row_bytes(inputs: Sequence[Any]) -> int:
+    total = 0
+    for spec in inputs:
+        width = Source(spec, (spec.name,)).width
+        total += width * np.dtype(DATATYPE_TO_NUMPY[spec.datatype]).itemsize
+    return total
+
+
+class _Pipe:
+    """Bounded hand-offs that give up when the job stops, so no stage waits forever on a dead one."""
+
+    def __init__(self, size: int, stop: threading.Event) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(size)
+        self.stop = stop
+
+    def put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self.q.put(item, timeout=0.1)
+                return True
+        return False
+
+    def get(self) -> Any:
+        while True:
+            try:
+                return self.q.get(timeout=0.1)
+            except queue.Empty:
+                if self.stop.is_set():
+                    return _END
+
+
+def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Event) -> Summary:
+    """Read, score and write every part not done yet: reader and writer threads, compute here."""
     t0 = time.perf_counter()
     files = parts_of(job.input)
     out = job.output
@@ -133,21 +284,159 @@ def _score(job: Job, backend: Any, inputs: Sequence[Any]) -> Summary:
     (out / "_SUCCESS").unlink(missing_ok=True)
     summary = Summary(output=str(out))
     ext = ".csv" if job.out_format == "csv" else ".parquet"
-    row_base = 0
-    for i, part in enumerate(files):
-        target = out / f"part-{i:05d}{ext}"
-        if target.exists():  # finished by an earlier run: never computed twice
-            summary.parts_skipped += 1
-            row_base += _count_rows(part)  # (row numbers of later parts' rejects count from the input's start)
-            continue
-        rows, rejected, read = _score_part(job, backend, inputs, part, target, i, row_base, summary, t0)
-        summary.rows += rows
-        summary.rejected += rejected
-        summary.parts_done += 1
-        row_base += read
+    parts = [_Part(i, f, out / f"part-{i:05d}{ext}", (out / f"part-{i:05d}{ext}").exists())
+             for i, f in enumerate(files)]
+    summary.parts_skipped = sum(p.skip for p in parts)
+    rows_per_chunk = chunk_rows(_row_bytes(inputs), job.batch_size)
+    show = job.progress if not job.quiet else None
+    total = _total_rows([p.path for p in parts if not p.skip]) if show is not None else None
+    read_q, write_q = _Pipe(job.in_flight, stop), _Pipe(job.in_flight, stop)
+    failure: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            row_base = 0  # row numbers count from the input's first row, across parts
+            for part in parts:
+                if part.skip:
+                    row_base += _count_rows(part.path)
+                    continue
+                sources: list[Source] | None = None
+                for b in read_batches(part.path, rows_per_chunk):
+                    if sources is None:  # per part: CSV parts may infer different types
+                        sources = plan(inputs, b.schema, job.mapping)
+                        missing = [k for k in job.keep if k not in b.schema.names]
+                        if missing:
+                            raise MappingError(f"--keep names column(s) {', '.join(missing)}, "
+                                               "which the data lacks")
+                    chunk = _convert(job, part, b, sources, row_base)
+                    row_base += b.num_rows
+                    if not read_q.put(chunk):
+                        return
+                if not read_q.put(_PartEnd(part)):
+                    return
+        except BaseException as exc:  # passed on in order: the parts before it still complete
+            read_q.put(exc)
+        finally:
+            read_q.put(_END)
+
+    def writer() -> None:
+        try:
+            _write(job, write_q, summary)
+        except BaseException as exc:
+            failure.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
+    for t in threads:
+        t.start()
+    done = 0
+    try:
+        while not stop.is_set() and (item := read_q.get()) is not _END:
+            if isinstance(item, _Chunk):
+                _compute(item, runner, job.batch_size)
+                done += item.read
+                if show is not None:
+                    show(progress_line(item.part.index, len(parts), done, total, time.perf_counter() - t0))
+            if not write_q.put(item):
+                break
+            if isinstance(item, BaseException):
+                failure.append(item)
+                break
+        if stop.is_set() and not failure:
+            failure.append(_Stopped())
+    except BaseException as exc:
+        failure.append(exc)
+        write_q.put(exc)  # the writer completes what came before, then drops the unfinished part
+    finally:
+        if failure:
+            stop.set()  # the reader stops at its next chunk; the writer still takes what is queued
+        write_q.put(_END)
+        for t in threads:
+            t.join()
+    if failure:
+        raise failure[0]
     (out / "_SUCCESS").write_text("")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _convert(job: Job, part: _Part, b: pa.RecordBatch, sources: list[Source], offset: int) -> _Chunk:
+    feeds, bad = tensors(b, sources)
+    bad_idx = np.flatnonzero(bad)
+    rejected = None
+    if bad_idx.size:
+        if job.on_error == "fail":
+            numbers = ", ".join(str(offset + int(k)) for k in bad_idx[:20])
+            more = f" (and {bad_idx.size - 20} more)" if bad_idx.size > 20 else ""
+            raise BadRows(f"{part.path}: {bad_idx.size} bad row(s) (a null, or a list of the wrong width): "
+                          f"row {numbers}{more}; --on-error skip writes them to rejects/ instead")
+        rej = b.take(pa.array(bad_idx))
+        rejected = pa.table({"row": pa.array(offset + bad_idx), **{c: rej.column(c) for c in job.keep}})
+        good = b.filter(pa.array(~bad))
+    else:
+        good = b
+    return _Chunk(part, b.num_rows, feeds, {c: good.column(c) for c in job.keep}, rejected)
+
+
+def _compute(chunk: _Chunk, runner: _Runner, batch_size: int) -> None:
+    feeds, chunk.feeds = chunk.feeds, {}  # the inputs are not held past the model
+    n = next(iter(feeds.values())).shape[0] if feeds else 0
+    if not n:
+        return
+    results = runner([{k: v[s:s + batch_size] for k, v in feeds.items()} for s in range(0, n, batch_size)])
+    chunk.outputs = {name: np.concatenate([r[name] for r in results]) if len(results) > 1 else results[0][name]
+                     for name in results[0]}
+
+
+def _write(job: Job, write_q: _Pipe, summary: Summary) -> None:
+    """Append each chunk's rows to its part's output; a part's end renames it into place. Anything
+    else (the end, a failure upstream, a stop) leaves the unfinished part behind, removed."""
+    part: _Part | None = None
+    out_w: Any = None
+    rej_w: Any = None
+    rows = rejected = 0
+    try:
+        while True:
+            item = write_q.get()
+            if isinstance(item, _Chunk):
+                part = item.part
+                if item.outputs is not None:
+                    table = pa.table({**item.kept, **output_columns(item.outputs, job.out_format == "csv")})
+                    if out_w is None:
+                        out_w = _writer(part.tmp, job.out_format, table.schema)
+                    out_w.write_table(table)
+                    rows += table.num_rows
+                if item.rejected is not None:
+                    if rej_w is None:
+                        part.rejects_tmp.parent.mkdir(exist_ok=True)
+                        rej_w = pq.ParquetWriter(str(part.rejects_tmp), item.rejected.schema)
+                    rej_w.write_table(item.rejected)
+                    rejected += item.rejected.num_rows
+            elif isinstance(item, _PartEnd):
+                part = item.part
+                if out_w is None:  # every row rejected, or an empty part: still a (header-only) output
+                    schema = pa.schema([*(pa.field(c, pa.null()) for c in job.keep)])
+                    out_w = _writer(part.tmp, job.out_format, schema)
+                out_w.close()
+                out_w = None
+                if rej_w is not None:
+                    rej_w.close()
+                    rej_w = None
+                    os.replace(part.rejects_tmp, part.rejects_tmp.with_name(f"{part.target.stem}.parquet"))
+                os.replace(part.tmp, part.target)  # the checkpoint: this part is complete
+                summary.rows += rows
+                summary.rejected += rejected
+                summary.parts_done += 1
+                part, rows, rejected = None, 0, 0
+            else:
+                return
+    finally:
+        for w in (out_w, rej_w):
+            if w is not None:
+                w.close()
+        if part is not None:
+            part.tmp.unlink(missing_ok=True)
+            part.rejects_tmp.unlink(missing_ok=True)
 
 
 def _count_rows(path: Path) -> int:
@@ -156,128 +445,29 @@ def _count_rows(path: Path) -> int:
     return sum(b.num_rows for b in read_batches(path, 1 << 20))
 
 
-_END = object()
-_READ_ROWS = 65536  # rows per row group written (model batches are gathered to this)
+def _total_rows(paths: Sequence[Path]) -> int | None:
+    """Rows to score, from the Parquet footers (cheap); None when a part is CSV or JSON (unknown)."""
+    if any(FORMATS[p.suffix.lower()] != "parquet" for p in paths):
+        return None
+    return sum(_count_rows(p) for p in paths)
 
 
-def _score_part(job: Job, backend: Any, inputs: Sequence[Any], part: Path, target: Path, index: int,
-                row_base: int, summary: Summary, t0: float) -> tuple[int, int, int]:
-    """Read, score and write one input part; returns (rows written, rows rejected, rows read)."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    rejects_tmp = target.parent / "rejects" / f".{target.stem}.parquet.tmp"
-    read_q: queue.Queue[Any] = queue.Queue(job.in_flight)
-    write_q: queue.Queue[Any] = queue.Queue(job.in_flight)
-    failure: list[BaseException] = []
-
-    def reader() -> None:
-        try:
-            for b in read_batches(part, job.batch_size):
-                read_q.put(b)
-        except BaseException as exc:  # reported by the caller's thread
-            failure.append(exc)
-        finally:
-            read_q.put(_END)
-
-    state: dict[str, Any] = {"writer": None, "rejects": None}
-
-    def writer() -> None:
-        pending: list[pa.Table] = []  # written in row groups of ~_READ_ROWS, not one per model batch
-        held = 0
-        try:
-            while True:
-                item = write_q.get()
-                end = item is _END
-                table, rejected = (None, None) if end else item
-                if table is not None and table.num_rows:
-                    pending.append(table)
-                    held += table.num_rows
-                if pending and (end or held >= _READ_ROWS):
-                    whole = pa.concat_tables(pending)
-                    if state["writer"] is None:
-                        state["writer"] = _writer(tmp, job.out_format, whole.schema)
-                    state["writer"].write_table(whole)
-                    pending, held = [], 0
-                if end:
-                    return
-                if rejected is not None:
-                    if state["rejects"] is None:
-                        rejects_tmp.parent.mkdir(exist_ok=True)
-                        state["rejects"] = pq.ParquetWriter(str(rejects_tmp), rejected.schema)
-                    state["rejects"].write_table(rejected)
-        except BaseException as exc:
-            failure.append(exc)
-            while write_q.get() is not _END:  # keep draining: the compute thread must not block
-                pass
-
-    threads = [threading.Thread(target=reader, daemon=True), threading.Thread(target=writer, daemon=True)]
-    for t in threads:
-        t.start()
-    rows = rejected_rows = 0
-    sources: list[Source] | None = None
-    offset = row_base
-    try:
-        while (b := read_q.get()) is not _END:
-            if failure:
-                break
-            if sources is None:
-                sources = plan(inputs, b.schema, job.mapping)
-                missing = [k for k in job.keep if k not in b.schema.names]
-                if missing:
-                    raise MappingError(f"--keep names column(s) {', '.join(missing)}, which the data lacks")
-            feeds, bad = tensors(b, sources)
-            bad_idx = np.flatnonzero(bad)
-            rejected = None
-            if bad_idx.size:
-                if job.on_error == "fail":
-                    numbers = ", ".join(str(offset + int(k)) for k in bad_idx[:20])
-                    more = f" (and {bad_idx.size - 20} more)" if bad_idx.size > 20 else ""
-                    raise BadRows(f"{part}: {bad_idx.size} bad row(s) (a null, or a list of the wrong width): "
-                                  f"row {numbers}{more}; --on-error skip writes them to rejects/ instead")
-                rej = b.take(pa.array(bad_idx))
-                rejected = pa.table({"row": pa.array(offset + bad_idx), **{c: rej.column(c) for c in job.keep}})
-            table = None
-            if feeds and next(iter(feeds.values())).shape[0]:
-                outputs = backend.run_inline(feeds)
-                good = b.filter(pa.array(~bad)) if bad_idx.size else b
-                kept = {c: good.column(c) for c in job.keep}
-                table = pa.table({**kept, **output_columns(outputs, job.out_format == "csv")})
-                rows += table.num_rows
-            rejected_rows += int(bad_idx.size)
-            offset += b.num_rows
-            write_q.put((table, rejected))
-            if not job.quiet and job.progress is not None:
-                done = summary.rows + rows
-                job.progress(f"part {index}: {done} rows, {done / max(1e-9, time.perf_counter() - t0):,.0f} rows/s")
-    except BaseException:
-        _finish(threads, read_q, write_q, state)
-        tmp.unlink(missing_ok=True)
-        rejects_tmp.unlink(missing_ok=True)
-        raise
-    _finish(threads, read_q, write_q, state)
-    if failure:
-        tmp.unlink(missing_ok=True)
-        raise failure[0]
-    if state["writer"] is None:  # every row rejected, or an empty part: still a (header-only) output
-        schema = pa.schema([*(pa.field(c, pa.null()) for c in job.keep)])
-        _writer(tmp, job.out_format, schema).close()
-    if state["rejects"] is not None:
-        os.replace(rejects_tmp, rejects_tmp.with_name(f"{target.stem}.parquet"))
-    os.replace(tmp, target)  # the checkpoint: this part is complete
-    return rows, rejected_rows, offset - row_base
+def progress_line(index: int, parts: int, done: int, total: int | None, seconds: float) -> str:
+    rate = done / seconds if seconds > 0 else 0.0
+    line = f"part {index + 1}/{parts}: {done:,}"
+    if total:
+        line += f"/{total:,} rows ({100 * done / total:.0f} %)"
+    else:
+        line += " rows"
+    line += f", {rate:,.0f} rows/s"
+    if total and rate > 0:
+        line += f", ETA {_duration(max(0, total - done) / rate)}"
+    return line
 
 
-def _finish(threads: list[threading.Thread], read_q: queue.Queue[Any], write_q: queue.Queue[Any],
-            state: dict[str, Any]) -> None:
-    """Stop the reader (drain what it still puts), let the writer finish, close the files."""
-    write_q.put(_END)
-    reader, writer = threads
-    while reader.is_alive():
-        with contextlib.suppress(queue.Empty):
-            read_q.get(timeout=0.05)
-    writer.join()
-    for w in state.values():
-        if w is not None:
-            w.close()
+def _duration(s: float) -> str:
+    s = round(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 _last = [0.0]
