@@ -414,3 +414,81 @@ def test_rows_encode_like_single_entries(seed: int) -> None:
     for i in range(n):
         assert fps[i] == fingerprint({k: v[i:i + 1] for k, v in feeds.items()})
         assert values[i] == encode(Entry("4", 1.7e9, fps[i], {k: v[i:i + 1] for k, v in outs.items()}))
+
+
+# ---- gateway batch --to-store -----------------------------------------------------------------------
+def _entities(path: Path, lo: int, hi: int, bad_row: int | None = None) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(lo).standard_normal((hi - lo, 64)).astype(np.float32)
+    values = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 64)
+    if bad_row is not None:  # a null row: the job fails on it (on_error = fail)
+        values = pa.array([None if i == bad_row else v for i, v in enumerate(values.to_pylist())],
+                          pa.list_(pa.float32(), 64))
+    pq.write_table(pa.table({"user": [f"u{i}" for i in range(lo, hi)], "INPUT0": values}), path)
+    return x
+
+
+def test_batch_to_store_then_served(tmp_path: Path) -> None:
+    from gateway.batch.job import Job, run
+
+    repo = repo_with(tmp_path, 'store = "sqlite://p.db"\ncheck_inputs = true')
+    (tmp_path / "in").mkdir()
+    xs = np.concatenate([_entities(tmp_path / "in" / "a.parquet", 0, 300),
+                         _entities(tmp_path / "in" / "b.parquet", 300, 500)])
+    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", quiet=True,
+                to_store=f"sqlite://{repo / 'mlp' / 'p.db'}", store_key="user"))
+    assert (s.rows, s.stored) == (500, 500)
+    import pyarrow.parquet as pq
+
+    scored = pq.read_table(tmp_path / "out" / "part-00001.parquet")
+    assert scored.column_names[0] == "user"  # the key column is kept
+    with ServerThread(repo) as srv:
+        h = httpclient.InferenceServerClient(srv.http_url)
+        for i in (0, 299, 300, 499):
+            inp = httpclient.InferInput("INPUT0", [1, 64], "FP32")
+            inp.set_data_from_numpy(xs[i:i + 1])
+            r = h.infer("mlp", [inp], headers={"x-entity-id": f"u{i}"})
+            # the stored row, served because its inputs hash like the request's (check_inputs)
+            assert r.get_response()["parameters"]["prediction_source"] == "precomputed", i
+            live = h.infer("mlp", [inp]).as_numpy("OUTPUT0")
+            np.testing.assert_allclose(r.as_numpy("OUTPUT0"), live, rtol=1e-5, atol=1e-6)
+        assert model_stats(srv)["inference_stats"]["success"]["count"] == 8
+        h.close()
+
+
+def test_batch_to_store_is_transactional_per_part(tmp_path: Path) -> None:
+    """A part that fails leaves none of its rows in the store; the parts before it are all there."""
+    import sqlite3
+
+    from gateway.batch.job import BadRows, Job, run
+
+    repo = repo_with(tmp_path, 'store = "sqlite://p.db"')
+    (tmp_path / "in").mkdir()
+    _entities(tmp_path / "in" / "a.parquet", 0, 100)
+    _entities(tmp_path / "in" / "b.parquet", 100, 200, bad_row=50)
+    db = tmp_path / "s.db"
+    with pytest.raises(BadRows, match="row 150"):
+        run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("user",), quiet=True,
+                to_store=f"sqlite://{db}"))
+    with sqlite3.connect(db) as c:
+        keys = {k for (k,) in c.execute("SELECT key FROM predictions")}
+    assert keys == {f"u{i}" for i in range(100)}
+
+
+def test_batch_to_redis(tmp_path: Path, redis_server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    import redis
+
+    from gateway.batch.job import Job, run
+
+    url, _ = redis_server
+    repo = repo_with(tmp_path, f'store = "{url}"')
+    (tmp_path / "in").mkdir()
+    _entities(tmp_path / "in" / "a.parquet", 0, 50)
+    s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", keep=("user",), quiet=True, to_store=url))
+    assert s.stored == 50
+    client = redis.Redis.from_url(url)
+    e = decode(client.get("gateway:pred:mlp:u7"))  # type: ignore[arg-type]
+    client.close()
+    assert e.version == "1" and e.outputs["OUTPUT0"].shape == (1, 10) and len(e.fingerprint) == 16

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import sys
 from pathlib import Path
@@ -26,6 +27,11 @@ def add_parser(sub: Any) -> None:
                    help="bad rows (nulls, wrong widths): fail the job naming them, or write them to rejects/")
     p.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="output format")
     p.add_argument("--in-flight", type=int, default=4, help="chunks (up to 64k rows) held between read, compute and write")
+    p.add_argument("--to-store", default="", metavar="URL",
+                   help="also write every prediction into a precomputed store (sqlite:///path.db, "
+                        "redis://host:port/db), one transaction per part")
+    p.add_argument("--store-key", default="", metavar="COLUMN",
+                   help="the column naming each row's entity in the store (default: the first --keep column)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
 
@@ -57,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     job = Job(Path(args.model_repository), args.model, args.input, Path(args.output), args.version,
               tuple(c for c in args.keep.split(",") if c), mapping, args.batch_size, args.on_error, args.format,
-              args.in_flight, args.quiet, None if args.quiet else print_progress)
+              args.in_flight, args.quiet, None if args.quiet else print_progress, args.to_store, args.store_key)
     try:
         s = run_job(job)
     except (BadRows, MappingError, ConfigError, FileNotFoundError) as exc:
@@ -69,5 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         sys.stderr.write("\n")
     print(f"{s.rows} rows in {s.seconds:.2f} s ({s.rows_per_s:,.0f} rows/s), {s.rejected} rejected; "
-          f"parts: {s.parts_done} scored, {s.parts_skipped} already done; output {s.output}")
+          f"parts: {s.parts_done} scored, {s.parts_skipped} already done; output {s.output}"
+          + (f"; stored {s.stored} in {re.sub(r'//[^@/]*@', '//***@', args.to_store)}" if args.to_store else "")
+          + (f" ({s.null_keys} rows with a null key not stored)" if s.null_keys else ""))
     return 0

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from gateway.batch.columns import MappingError, Source, output_columns, plan, tensors
+from gateway.batch.sink import StoreSink
 from gateway.compose import build_pipeline
 from gateway.types import DATATYPE_TO_NUMPY
 
@@ -59,6 +60,8 @@ class Summary:
     parts_skipped: int = 0
     seconds: float = 0.0
     output: str = ""
+    stored: int = 0  # rows written to the precomputed store (--to-store)
+    null_keys: int = 0  # rows not stored: their key was null
 
     @property
     def rows_per_s(self) -> float:
@@ -80,6 +83,10 @@ class Job:
     in_flight: int = 4
     quiet: bool = False
     progress: Callable[[str], None] | None = None
+    to_store: str = ""
+    """A precomputed store's URL (sqlite://, redis://): every scored row is stored there too."""
+    store_key: str = ""
+    """The column naming each row's entity in the store (default: the first ``keep`` column)."""
 
 
 def parts_of(spec: str) -> list[Path]:
@@ -135,15 +142,34 @@ async def _run(job: Job) -> Summary:
     registry = pipeline.registry
     await registry.load(job.model)
     stop = threading.Event()
+    sink: StoreSink | None = None
     try:
         mv = registry.get(job.model, job.version)
         runner = _Runner(mv.backend, asyncio.get_running_loop(), stop)
+        if job.to_store:
+            job = _with_store_key(job)
+            sink = StoreSink(job.to_store, job.model, mv.version, job.store_key)
         # scored off the loop thread: the loop stays free to complete run_async batches (and a remote
         # backend's health checks) while the job's threads work
-        return await asyncio.to_thread(_score, job, runner, list(mv.signature.inputs), stop)
+        summary = await asyncio.to_thread(_score, job, runner, list(mv.signature.inputs), stop, sink)
+        if sink is not None:
+            summary.stored, summary.null_keys = sink.stored, sink.null_keys
+        return summary
     finally:
         stop.set()  # a cancelled job (Ctrl-C) stops its threads; the unfinished part is removed
+        if sink is not None:
+            sink.close()
         await registry.close()
+
+
+def _with_store_key(job: Job) -> Job:
+    """The store's key column is one of the kept columns (the first by default; added if not kept)."""
+    key = job.store_key or (job.keep[0] if job.keep else "")
+    if not key:
+        raise MappingError("--to-store needs the column that names each row's entity: --store-key COLUMN "
+                           "(or a --keep column, the first of which is the default)")
+    keep = job.keep if key in job.keep else (*job.keep, key)
+    return replace(job, store_key=key, keep=keep)
 
 
 class _Stopped(Exception):
@@ -275,7 +301,8 @@ class _Pipe:
                     return _END
 
 
-def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Event) -> Summary:
+def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Event,
+           sink: StoreSink | None = None) -> Summary:
     """Read, score and write every part not done yet: reader and writer threads, compute here."""
     t0 = time.perf_counter()
     files = parts_of(job.input)
@@ -321,7 +348,7 @@ def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Eve
 
     def writer() -> None:
         try:
-            _write(job, write_q, summary)
+            _write(job, write_q, summary, sink)
         except BaseException as exc:
             failure.append(exc)
             stop.set()
@@ -333,7 +360,7 @@ def _score(job: Job, runner: _Runner, inputs: Sequence[Any], stop: threading.Eve
     try:
         while not stop.is_set() and (item := read_q.get()) is not _END:
             if isinstance(item, _Chunk):
-                _compute(item, runner, job.batch_size)
+                _compute(item, runner, job.batch_size, sink is not None)
                 done += item.read
                 if show is not None:
                     show(progress_line(item.part.index, len(parts), done, total, time.perf_counter() - t0))
@@ -378,8 +405,10 @@ def _convert(job: Job, part: _Part, b: pa.RecordBatch, sources: list[Source], of
     return _Chunk(part, b.num_rows, feeds, {c: good.column(c) for c in job.keep}, rejected)
 
 
-def _compute(chunk: _Chunk, runner: _Runner, batch_size: int) -> None:
-    feeds, chunk.feeds = chunk.feeds, {}  # the inputs are not held past the model
+def _compute(chunk: _Chunk, runner: _Runner, batch_size: int, keep_feeds: bool = False) -> None:
+    feeds = chunk.feeds
+    if not keep_feeds:  # the inputs are not held past the model (a store sink fingerprints them)
+        chunk.feeds = {}
     n = next(iter(feeds.values())).shape[0] if feeds else 0
     if not n:
         return
@@ -388,9 +417,11 @@ def _compute(chunk: _Chunk, runner: _Runner, batch_size: int) -> None:
                      for name in results[0]}
 
 
-def _write(job: Job, write_q: _Pipe, summary: Summary) -> None:
+def _write(job: Job, write_q: _Pipe, summary: Summary, sink: StoreSink | None = None) -> None:
     """Append each chunk's rows to its part's output; a part's end renames it into place. Anything
-    else (the end, a failure upstream, a stop) leaves the unfinished part behind, removed."""
+    else (the end, a failure upstream, a stop) leaves the unfinished part behind, removed.
+    ``sink``: the part's rows also go into a store, in one transaction committed before the rename
+    (so a part whose output exists is stored whole, and an unfinished one not at all)."""
     part: _Part | None = None
     out_w: Any = None
     rej_w: Any = None
@@ -399,7 +430,12 @@ def _write(job: Job, write_q: _Pipe, summary: Summary) -> None:
         while True:
             item = write_q.get()
             if isinstance(item, _Chunk):
+                if sink is not None and part is None:
+                    sink.begin()
                 part = item.part
+                if sink is not None and item.outputs is not None:
+                    sink.add(item.kept[job.store_key], item.feeds, item.outputs)
+                    item.feeds = {}
                 if item.outputs is not None:
                     table = pa.table({**item.kept, **output_columns(item.outputs, job.out_format == "csv")})
                     if out_w is None:
@@ -423,6 +459,10 @@ def _write(job: Job, write_q: _Pipe, summary: Summary) -> None:
                     rej_w.close()
                     rej_w = None
                     os.replace(part.rejects_tmp, part.rejects_tmp.with_name(f"{part.target.stem}.parquet"))
+                if sink is not None:
+                    if not sink.open:  # a part with no rows at all
+                        sink.begin()
+                    sink.commit()
                 os.replace(part.tmp, part.target)  # the checkpoint: this part is complete
                 summary.rows += rows
                 summary.rejected += rejected
@@ -434,6 +474,8 @@ def _write(job: Job, write_q: _Pipe, summary: Summary) -> None:
         for w in (out_w, rej_w):
             if w is not None:
                 w.close()
+        if sink is not None:
+            sink.abort()  # an unfinished part: none of it stored
         if part is not None:
             part.tmp.unlink(missing_ok=True)
             part.rejects_tmp.unlink(missing_ok=True)

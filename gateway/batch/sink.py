@@ -29,12 +29,12 @@ class StoreSink:
         self.key_column = key_column
         self.stored = 0
         self.null_keys = 0
-        self._open = False
+        self.open = False
         self._at = 0.0
 
     def begin(self) -> None:
         self.writer.begin()
-        self._open = True
+        self.open = True
         self._at = time.time()
 
     def add(self, keys: pa.Array | pa.ChunkedArray, feeds: Mapping[str, np.ndarray],
@@ -54,12 +54,12 @@ class StoreSink:
 
     def commit(self) -> None:
         self.writer.commit()
-        self._open = False
+        self.open = False
 
     def abort(self) -> None:
-        if self._open:
+        if self.open:
             self.writer.abort()
-            self._open = False
+            self.open = False
 
     def close(self) -> None:
         self.abort()
