@@ -49,7 +49,8 @@ PY
 "$py" -m gateway batch -q --model-repository "$tmp/models" -m hybrid --input "$tmp/entities.parquet" \
   --output "$tmp/scored" --keep user --to-store "$store" --store-key user
 gw_port=$(port); grpc_port=$(port)
-GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$tmp/models" --http-port "$gw_port" \
+# shedding off: this compares throughput at a fixed concurrency, not behaviour under overload
+GATEWAY_SHED_LOOP_LAG_MS=0 GATEWAY_LOG_LEVEL=WARNING "$py" -m gateway serve --model-repository "$tmp/models" --http-port "$gw_port" \
   --grpc-port "$grpc_port" >/tmp/bench_precomputed_gw.log 2>&1 &
 pids+=($!)
 wait_ready "$gw_port"

@@ -438,7 +438,7 @@ def test_batch_to_store_then_served(tmp_path: Path) -> None:
     xs = np.concatenate([_entities(tmp_path / "in" / "a.parquet", 0, 300),
                          _entities(tmp_path / "in" / "b.parquet", 300, 500)])
     s = run(Job(repo, "mlp", str(tmp_path / "in"), tmp_path / "out", quiet=True,
-                to_store=f"sqlite://{repo / 'mlp' / 'p.db'}", store_key="user"))
+                to_store="model", store_key="user"))  # the model's own store
     assert (s.rows, s.stored) == (500, 500)
     import pyarrow.parquet as pq
 

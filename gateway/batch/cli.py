@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--in-flight", type=int, default=4, help="chunks (up to 64k rows) held between read, compute and write")
     p.add_argument("--to-store", default="", metavar="URL",
                    help="also write every prediction into a precomputed store (sqlite:///path.db, "
-                        "redis://host:port/db), one transaction per part")
+                        "redis://host:port/db, or 'model': the model's [precomputed] store), one transaction per part")
     p.add_argument("--store-key", default="", metavar="COLUMN",
                    help="the column naming each row's entity in the store (default: the first --keep column)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")

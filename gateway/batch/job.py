@@ -84,7 +84,8 @@ class Job:
     quiet: bool = False
     progress: Callable[[str], None] | None = None
     to_store: str = ""
-    """A precomputed store's URL (sqlite://, redis://): every scored row is stored there too."""
+    """A precomputed store's URL (sqlite://, redis://), or "model" for the one the model's
+    ``[precomputed]`` names: every scored row is stored there too."""
     store_key: str = ""
     """The column naming each row's entity in the store (default: the first ``keep`` column)."""
 
@@ -148,7 +149,12 @@ async def _run(job: Job) -> Summary:
         runner = _Runner(mv.backend, asyncio.get_running_loop(), stop)
         if job.to_store:
             job = _with_store_key(job)
-            sink = StoreSink(job.to_store, job.model, mv.version, job.store_key)
+            url, base = job.to_store, Path.cwd()
+            if url == "model":  # the store the model's own [precomputed] section names, found as the server does
+                if mv.config.precomputed is None:
+                    raise MappingError(f"--to-store model: model '{job.model}' has no [precomputed] section")
+                url, base = mv.config.precomputed.store, job.repository / job.model
+            sink = StoreSink(url, job.model, mv.version, job.store_key, base)
         # scored off the loop thread: the loop stays free to complete run_async batches (and a remote
         # backend's health checks) while the job's threads work
         summary = await asyncio.to_thread(_score, job, runner, list(mv.signature.inputs), stop, sink)

@@ -19,9 +19,12 @@ from xxhash import xxh3_128
 
 MAGIC = b"GWP1"
 _HEAD = struct.Struct("<4sdH")  # magic, computed_at, version length
-_OUT = struct.Struct("<HBB")  # name length, dtype length, ndim
-_LEN = struct.Struct("<Q")
+_LAYOUT = struct.Struct("<HI")  # outputs, bytes of their headers
+_OUT = struct.Struct("<HBBQ")  # name length, dtype length, ndim, data bytes
 _U32 = struct.Struct("<I")
+_layouts: dict[bytes, tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]] = {}
+"""Parsed output headers by their bytes: a model's entries share one layout (names, dtypes,
+shapes), so decoding one is a dict lookup and a view per output."""
 
 
 class BadEntry(ValueError):
@@ -60,18 +63,44 @@ def _bytes_elements(a: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _out_header(name: str, arr_dtype: np.dtype, shape: tuple[int, ...], size: int) -> bytes:
+    n = name.encode()
+    dt = b"O" if arr_dtype.kind == "O" else arr_dtype.str.encode()
+    return _OUT.pack(len(n), len(dt), len(shape), size) + n + dt + struct.pack(f"<{len(shape)}q", *shape)
+
+
 def encode(entry: Entry) -> bytes:
+    """magic, computed_at, version, fingerprint, then every output's header (name, dtype, shape,
+    size) together, then their data in the same order."""
     v = entry.version.encode()
     fp = entry.fingerprint
-    parts = [_HEAD.pack(MAGIC, entry.computed_at, len(v)), v, bytes([len(fp)]), fp,
-             struct.pack("<H", len(entry.outputs))]
+    heads, datas = [], []
     for name, arr in entry.outputs.items():
-        n = name.encode()
-        dt = b"O" if arr.dtype.kind == "O" else arr.dtype.str.encode()
         data = _bytes_elements(arr) if arr.dtype.kind == "O" else np.ascontiguousarray(arr).tobytes()
-        parts += (_OUT.pack(len(n), len(dt), arr.ndim), n, dt, struct.pack(f"<{arr.ndim}q", *arr.shape),
-                  _LEN.pack(len(data)), data)
-    return b"".join(parts)
+        heads.append(_out_header(name, arr.dtype, arr.shape, len(data)))
+        datas.append(data)
+    head = b"".join(heads)
+    return b"".join([_HEAD.pack(MAGIC, entry.computed_at, len(v)), v, bytes([len(fp)]), fp,
+                     _LAYOUT.pack(len(heads), len(head)), head, *datas])
+
+
+def _parse_layout(block: bytes, count: int) -> tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]:
+    out = []
+    at = rel = 0
+    for _ in range(count):
+        nlen, dlen, ndim, size = _OUT.unpack_from(block, at)
+        at += _OUT.size
+        name = block[at:at + nlen].decode()
+        at += nlen
+        dt = block[at:at + dlen].decode()
+        at += dlen
+        shape = struct.unpack_from(f"<{ndim}q", block, at)
+        at += 8 * ndim
+        out.append((name, np.dtype(object) if dt == "O" else np.dtype(dt), shape, rel, size))
+        rel += size
+    if at != len(block):
+        raise BadEntry("output headers of the wrong length")
+    return tuple(out)
 
 
 def decode(value: bytes) -> Entry:
@@ -83,30 +112,26 @@ def decode(value: bytes) -> Entry:
         version = value[at:at + vlen].decode()
         at += vlen
         flen = value[at]
-        fp = bytes(value[at + 1:at + 1 + flen])
+        fp = value[at + 1:at + 1 + flen]
         at += 1 + flen
-        (count,) = struct.unpack_from("<H", value, at)
-        at += 2
-        mv = memoryview(value)
+        count, hlen = _LAYOUT.unpack_from(value, at)
+        at += _LAYOUT.size
+        block = value[at:at + hlen]
+        layout = _layouts.get(block)
+        if layout is None:
+            layout = _parse_layout(block, count)
+            if len(_layouts) > 1024:  # layouts are few (one per model's outputs); never grow with junk
+                _layouts.clear()
+            _layouts[block] = layout
+        at += hlen
+        if at + sum(x[4] for x in layout) != len(value):
+            raise BadEntry("truncated or padded")
         outputs: dict[str, np.ndarray] = {}
-        for _ in range(count):
-            nlen, dlen, ndim = _OUT.unpack_from(value, at)
-            at += _OUT.size
-            name = value[at:at + nlen].decode()
-            at += nlen
-            dt = value[at:at + dlen].decode()
-            at += dlen
-            shape = struct.unpack_from(f"<{ndim}q", value, at)
-            at += 8 * ndim
-            (size,) = _LEN.unpack_from(value, at)
-            at += _LEN.size
-            if at + size > len(value):
-                raise BadEntry("truncated")
-            if dt == "O":
-                outputs[name] = _read_bytes_elements(mv[at:at + size], shape)
+        for name, dtype, shape, rel, size in layout:
+            if dtype.kind == "O":
+                outputs[name] = _read_bytes_elements(memoryview(value)[at + rel:at + rel + size], shape)
             else:
-                outputs[name] = np.frombuffer(mv[at:at + size], dtype=np.dtype(dt)).reshape(shape)
-            at += size
+                outputs[name] = np.frombuffer(value, dtype, size // dtype.itemsize, at + rel).reshape(shape)
     except BadEntry:
         raise
     except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
@@ -163,15 +188,12 @@ def encode_rows(version: str, computed_at: float, fingerprints: list[bytes],
         return [encode(Entry(version, computed_at, fingerprints[i],
                              {k: a[i:i + 1] for k, a in outputs.items()})) for i in range(n)]
     v = version.encode()
+    rows = {name: np.ascontiguousarray(arr).reshape(n, -1).view(np.uint8) for name, arr in outputs.items()}
+    head = b"".join(_out_header(name, arr.dtype, (1, *arr.shape[1:]), rows[name].shape[1])
+                    for name, arr in outputs.items())
     pieces: list[bytes | np.ndarray] = [_HEAD.pack(MAGIC, computed_at, len(v)) + v + bytes([16]),
                                         np.frombuffer(b"".join(fingerprints), np.uint8).reshape(n, 16),
-                                        struct.pack("<H", len(outputs))]
-    for name, arr in outputs.items():
-        shape = (1, *arr.shape[1:])
-        row = np.ascontiguousarray(arr).reshape(n, -1).view(np.uint8)
-        nm, dt = name.encode(), arr.dtype.str.encode()
-        pieces += (_OUT.pack(len(nm), len(dt), len(shape)) + nm + dt + struct.pack(f"<{len(shape)}q", *shape)
-                   + _LEN.pack(row.shape[1]), row)
+                                        _LAYOUT.pack(len(outputs), len(head)) + head, *rows.values()]
     width = sum(p.shape[1] if isinstance(p, np.ndarray) else len(p) for p in pieces)
     m = np.empty((n, width), np.uint8)
     at = 0
