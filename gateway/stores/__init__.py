@@ -14,12 +14,14 @@ from typing import Protocol
 
 class Store(Protocol):
     inline: bool
-    """True: ``get_now`` answers on the caller's thread in microseconds (an embedded file); False:
-    ``get`` is awaited (a network store)."""
+    """True: ``get_many_now`` answers on the caller's thread in microseconds (an embedded file);
+    False: ``get_many`` is awaited (a network store)."""
 
-    def get_now(self, model: str, key: str) -> bytes | None: ...
+    def get_many_now(self, model: str, keys: list[str]) -> dict[str, bytes]:
+        """The stored values of those of ``keys`` that have one."""
+        ...
 
-    async def get(self, model: str, key: str) -> bytes | None: ...
+    async def get_many(self, model: str, keys: list[str]) -> dict[str, bytes]: ...
 
     def put_later(self, model: str, key: str, value: bytes) -> bool:
         """Buffer a write-back, written off the request path; False when the buffer is full (dropped)."""

@@ -22,7 +22,8 @@ _HEAD = struct.Struct("<4sdH")  # magic, computed_at, version length
 _LAYOUT = struct.Struct("<HI")  # outputs, bytes of their headers
 _OUT = struct.Struct("<HBBQ")  # name length, dtype length, ndim, data bytes
 _U32 = struct.Struct("<I")
-_layouts: dict[bytes, tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]] = {}
+_Layout = tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]
+_layouts: dict[bytes, tuple[_Layout, int]] = {}
 """Parsed output headers by their bytes: a model's entries share one layout (names, dtypes,
 shapes), so decoding one is a dict lookup and a view per output."""
 
@@ -84,7 +85,7 @@ def encode(entry: Entry) -> bytes:
                      _LAYOUT.pack(len(heads), len(head)), head, *datas])
 
 
-def _parse_layout(block: bytes, count: int) -> tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]:
+def _parse_layout(block: bytes, count: int) -> _Layout:
     out = []
     at = rel = 0
     for _ in range(count):
@@ -117,14 +118,16 @@ def decode(value: bytes) -> Entry:
         count, hlen = _LAYOUT.unpack_from(value, at)
         at += _LAYOUT.size
         block = value[at:at + hlen]
-        layout = _layouts.get(block)
-        if layout is None:
-            layout = _parse_layout(block, count)
+        found = _layouts.get(block)
+        if found is None:
+            parsed = _parse_layout(block, count)
+            found = (parsed, sum(x[4] for x in parsed))
             if len(_layouts) > 1024:  # layouts are few (one per model's outputs); never grow with junk
                 _layouts.clear()
-            _layouts[block] = layout
+            _layouts[block] = found
+        layout, size_all = found
         at += hlen
-        if at + sum(x[4] for x in layout) != len(value):
+        if at + size_all != len(value):
             raise BadEntry("truncated or padded")
         outputs: dict[str, np.ndarray] = {}
         for name, dtype, shape, rel, size in layout:

@@ -1,6 +1,7 @@
 """The production store: Redis (``redis://host:port/db``), through redis-py's asyncio client.
 
-Values live under ``gateway:pred:<model>:<key>``. Every call has ``store_timeout_s`` as its socket
+Values live under ``gateway:pred:<model>:<key>``. The keyed requests of one loop pass are looked up
+with one MGET (one round trip). Every call has ``store_timeout_s`` as its socket
 timeout and no retries: a slow or stopped Redis costs a request at most that long once, after which
 the route stops asking for ``store_retry_s`` (see ``gateway.pipeline.precomputed``) and answers live.
 Write-backs are buffered and sent as one pipeline per flush, from a task of their own.
@@ -54,12 +55,12 @@ class RedisStore:
                 max_connections=CONNECTIONS, health_check_interval=0)
         return self._client
 
-    def get_now(self, model: str, key: str) -> bytes | None:
-        raise NotImplementedError("a network store is awaited: use get()")
+    def get_many_now(self, model: str, keys: list[str]) -> dict[str, bytes]:
+        raise NotImplementedError("a network store is awaited: use get_many()")
 
-    async def get(self, model: str, key: str) -> bytes | None:
-        v = await self._redis().get(redis_key(model, key))
-        return v  # type: ignore[no-any-return]
+    async def get_many(self, model: str, keys: list[str]) -> dict[str, bytes]:
+        values = await self._redis().mget([redis_key(model, k) for k in keys])
+        return {k: v for k, v in zip(keys, values, strict=True) if v is not None}
 
     def put_later(self, model: str, key: str, value: bytes) -> bool:
         if len(self.pending) >= self.max_pending:
