@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
                         "redis://host:port/db, or 'model': the model's [precomputed] store), one transaction per part")
     p.add_argument("--store-key", default="", metavar="COLUMN",
                    help="the column naming each row's entity in the store (default: the first --keep column)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process, resumable; ray: Ray Data actors (RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--concurrency", type=int, default=2, help="--engine ray: actors, each with its own model")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress line")
 
 
@@ -58,15 +61,29 @@ def run(args: argparse.Namespace) -> int:
             print(f"--map takes INPUT=COLUMNS, got {m!r}", file=sys.stderr)
             return 2
         mapping[name] = cols
-    if args.batch_size < 1 or args.in_flight < 1:
-        print("--batch-size and --in-flight must be at least 1", file=sys.stderr)
+    if args.batch_size < 1 or args.in_flight < 1 or args.concurrency < 1:
+        print("--batch-size, --in-flight and --concurrency must be at least 1", file=sys.stderr)
         return 2
+    if args.engine == "ray" and args.to_store:
+        print("--to-store needs the local engine: it commits one store transaction per input part, before the "
+              "part's output is renamed, which Ray's unordered, unnamed output files cannot give", file=sys.stderr)
+        return 2
+    if args.engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("gateway batch --engine ray needs Ray: pip install 'inference-gateway[ray]'", file=sys.stderr)
+            return 2
     job = Job(Path(args.model_repository), args.model, args.input, Path(args.output), args.version,
               tuple(c for c in args.keep.split(",") if c), mapping, args.batch_size, args.on_error, args.format,
               args.in_flight, args.quiet, None if args.quiet else print_progress, args.to_store, args.store_key)
     try:
-        s = run_job(job)
-    except (BadRows, MappingError, ConfigError, FileNotFoundError) as exc:
+        if args.engine == "ray":
+            from gateway.batch.ray_engine import run_ray
+            s = run_ray(job, args.concurrency)
+        else:
+            s = run_job(job)
+    except (BadRows, MappingError, ConfigError, FileNotFoundError, FileExistsError) as exc:
         print(("\n" if not args.quiet else "") + f"gateway batch: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # e.g. the model failed to load: say so, not a traceback
