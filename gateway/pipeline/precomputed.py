@@ -278,7 +278,13 @@ class PrecomputedTarget:
                         type(exc).__name__, exc, retry)
         self._broken_until = self.clock() + retry
 
+    def settle_pending(self) -> None:
+        """Look up the requests of the current pass now (a retiring version: before its queue closes)."""
+        if self._pending:
+            self._flush()
+
     async def close(self) -> None:
+        self.settle_pending()
         if self._fetches:  # lookups in flight are answered (live, if the store does not answer in time)
             await asyncio.wait(list(self._fetches), timeout=max(1.0, self.config.store_timeout_s))
         await self.store.close()

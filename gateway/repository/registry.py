@@ -431,6 +431,8 @@ class ModelRegistry:
     async def _retire(self, mv: ModelVersion) -> None:
         """Drain a version no route names any more: what it accepted is answered, then it closes."""
         mv.ready = False
+        if mv.precomputed is not None:  # requests it holds for this pass's lookup reach the queue first
+            mv.precomputed.settle_pending()
         mv.admit.accepting = False
         await mv.batcher.drain()
         if mv.precomputed is not None:
