@@ -67,22 +67,6 @@ request = function()
                                    ["x-entity-id"] = "u" .. tostring(math.random(0, $keys - 1))}, body)
 end
 LUA
-run() {
-  out=$(MODEL=$1 wrk -t 2 -c "$conc" -d "${secs}s" --latency -s "$lua" "http://127.0.0.1:$gw_port/")
-  bad=$(awk '/Non-2xx or 3xx responses/ {print $5}' <<<"$out")
-  [[ -z $bad ]] || { echo "non-2xx answers: $bad" >&2; exit 1; }
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
-  echo "$rps $p99"
-}
-run live >/dev/null; run hybrid >/dev/null  # warm-up
-printf '%-6s %-11s %-9s %-11s %-9s %-8s %-s\n' round live/s p99_ms hits/s p99_ms rps_ratio p99_ratio
-sa=0; sb=0
-for r in $(seq "$rounds"); do
-  read -r a ap <<<"$(run live)"; read -r b bp <<<"$(run hybrid)"
-  sa=$(awk -v s="$sa" -v x="$a" 'BEGIN {print s + x}'); sb=$(awk -v s="$sb" -v x="$b" 'BEGIN {print s + x}')
-  printf '%-6s %-11s %-9s %-11s %-9s %-8.3f %.3f\n' "$r" "$a" "$ap" "$b" "$bp" \
-    "$(awk -v a="$a" -v b="$b" 'BEGIN {print b / a}')" "$(awk -v a="$ap" -v b="$bp" 'BEGIN {print b / a}')"
-done
-printf '%-6s %-11s %-9s %-11s %-9s %.3f\n' all "$sa" "" "$sb" "" "$(awk -v a="$sa" -v b="$sb" 'BEGIN {print b / a}')"
+wrk_model live >/dev/null; wrk_model hybrid >/dev/null  # warm-up
+ab_rounds live hybrid live hits
 curl -sf "http://127.0.0.1:$gw_port/metrics" | grep -E '^gateway_precomputed_(hits|lookups|fallbacks)_total\{model="hybrid"' || true

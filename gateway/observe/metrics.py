@@ -238,6 +238,16 @@ def traffic_families(traffic: TrafficControl) -> list[Metric]:
             unattributed]
 
 
+def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets (cumulative, ``+Inf`` last) from per-bucket counts, one more
+    count than ``bounds`` (the overflow)."""
+    total, out = 0, []
+    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
+        total += n
+        out.append(("+Inf" if bound == float("inf") else str(bound), total))
+    return out
+
+
 def remote_families(dp: DataPlane) -> list[Metric]:
     """Per endpoint of every remote (``backend = "triton"``) version: calls in flight, call latency,
     outcomes by gRPC code, health and breaker state. Empty when no model is remote."""
@@ -265,11 +275,7 @@ def remote_families(dp: DataPlane) -> list[Metric]:
             calls.add_metric([*key, "OK"], ok)
             for code, n in sorted(ep.errors.items()):
                 calls.add_metric([*key, code], n)
-            cumulative, buckets = 0, []
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), ep.latency_counts, strict=True):
-                cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-            seconds.add_metric(key, buckets, ep.latency_sum)
+            seconds.add_metric(key, cumulative_buckets(LATENCY_BUCKETS, ep.latency_counts), ep.latency_sum)
             healthy.add_metric(key, 1.0 if ep.healthy else 0.0)
             breaker.add_metric(key, {"closed": 0, "half_open": 1, "open": 2}[ep.breaker(now)])
     return [outstanding, calls, seconds, healthy, breaker] if seen else []
@@ -308,11 +314,7 @@ def precomputed_families(dp: DataPlane) -> list[Metric]:
         hits.add_metric(key, st.hits)
         for reason, n in st.fallbacks.items():
             fallbacks.add_metric([*key, reason], n)
-        cumulative, buckets = 0, []
-        for bound, n in zip((*AGE_BUCKETS, float("inf")), st.age_counts, strict=True):
-            cumulative += n
-            buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-        age.add_metric(key, buckets, st.age_sum)
+        age.add_metric(key, cumulative_buckets(AGE_BUCKETS, st.age_counts), st.age_sum)
         errors.add_metric(key, st.store_errors)
         stale.add_metric(key, st.stale_served)
         writes.add_metric(key, st.write_backs)
