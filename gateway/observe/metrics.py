@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 from gateway.backends.triton.backend import TritonBackend
 from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
-from gateway.observe.stats import STAGES, Totals
+from gateway.observe.stats import STAGES, Totals, cumulative_buckets
 from gateway.pipeline.door import Door
 from gateway.pipeline.precomputed import AGE_BUCKETS
 from gateway.pipeline.traffic import TrafficControl
@@ -238,16 +238,6 @@ def traffic_families(traffic: TrafficControl) -> list[Metric]:
             unattributed]
 
 
-def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
-    """Prometheus histogram buckets (cumulative, ``+Inf`` last) from per-bucket counts, one more
-    count than ``bounds`` (the overflow)."""
-    total, out = 0, []
-    for bound, n in zip((*bounds, float("inf")), counts, strict=True):
-        total += n
-        out.append(("+Inf" if bound == float("inf") else str(bound), total))
-    return out
-
-
 def remote_families(dp: DataPlane) -> list[Metric]:
     """Per endpoint of every remote (``backend = "triton"``) version: calls in flight, call latency,
     outcomes by gRPC code, health and breaker state. Empty when no model is remote."""
@@ -275,7 +265,8 @@ def remote_families(dp: DataPlane) -> list[Metric]:
             calls.add_metric([*key, "OK"], ok)
             for code, n in sorted(ep.errors.items()):
                 calls.add_metric([*key, code], n)
-            seconds.add_metric(key, cumulative_buckets(LATENCY_BUCKETS, ep.latency_counts), ep.latency_sum)
+            seconds.add_metric(key, cumulative_buckets(LATENCY_BUCKETS, ep.latency.bucket_counts()),
+                              ep.latency.sum)
             healthy.add_metric(key, 1.0 if ep.healthy else 0.0)
             breaker.add_metric(key, {"closed": 0, "half_open": 1, "open": 2}[ep.breaker(now)])
     return [outstanding, calls, seconds, healthy, breaker] if seen else []
@@ -314,7 +305,7 @@ def precomputed_families(dp: DataPlane) -> list[Metric]:
         hits.add_metric(key, st.hits)
         for reason, n in st.fallbacks.items():
             fallbacks.add_metric([*key, reason], n)
-        age.add_metric(key, cumulative_buckets(AGE_BUCKETS, st.age_counts), st.age_sum)
+        age.add_metric(key, cumulative_buckets(AGE_BUCKETS, st.age.bucket_counts()), st.age.sum)
         errors.add_metric(key, st.store_errors)
         stale.add_metric(key, st.stale_served)
         writes.add_metric(key, st.write_backs)

@@ -16,6 +16,7 @@ this code, so the bucket bounds agree), ``last_inference`` takes the latest.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,16 @@ _SUMMED = ("success_count", "success_ns", "fail_count", "fail_ns", "queue_count"
 def _add_counts(into: dict[Any, int], other: dict[Any, int]) -> None:
     for k, n in other.items():
         into[k] = into.get(k, 0) + n
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, int]]:
+    """Prometheus buckets, ``[(le, cumulative count), ..., ("+Inf", n)]``, from per-bucket counts
+    (one more than ``bounds``: the last is +Inf), as ``Histogram.bucket_counts`` gives them."""
+    out, c = [], 0
+    for le, n in zip((*map(repr, map(float, bounds)), "+Inf"), counts, strict=True):
+        c += n
+        out.append((le, c))
+    return out
 
 
 @dataclass(slots=True)
@@ -104,11 +115,7 @@ class Totals:
         """Prometheus buckets of one histogram: ([(le, cumulative count), ..., ("+Inf", n)], sum)."""
         bounds = HISTOGRAMS[name]
         counts, total = self.hists.get(name) or ([0] * (len(bounds) + 1), 0.0)
-        out, c = [], 0
-        for le, n in zip((*map(repr, map(float, bounds)), "+Inf"), counts, strict=True):
-            c += n
-            out.append((le, c))
-        return out, total
+        return cumulative_buckets(bounds, counts), total
 
     # ---- a snapshot file's form (JSON: dict keys become strings) ------------------------------
     def to_doc(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway._native.hist import Histogram
 from gateway.errors import Code, GatewayError
 from gateway.model_config import PrecomputedConfig
 from gateway.observe.stats import ModelStats
@@ -51,28 +52,20 @@ _LIVE = {"prediction_source": "live"}
 class PrecomputedStats:
     """This version's numbers for /metrics."""
 
-    __slots__ = ("lookups", "hits", "fallbacks", "age_counts", "age_sum", "stale_served", "store_errors",
-                 "write_backs")
+    __slots__ = ("lookups", "hits", "fallbacks", "age", "stale_served", "store_errors", "write_backs")
 
     def __init__(self) -> None:
         self.lookups = 0
         self.hits = 0
         self.fallbacks = dict.fromkeys(REASONS, 0)
-        self.age_counts = [0] * (len(AGE_BUCKETS) + 1)
-        self.age_sum = 0.0
+        self.age = Histogram(AGE_BUCKETS)  # of the entries served, seconds
         self.stale_served = 0  # stale entries answered because the live run failed (stale_if_error_s)
         self.store_errors = 0
         self.write_backs = 0
 
     def served(self, age: float) -> None:
         self.hits += 1
-        self.age_sum += age
-        i = 0
-        for bound in AGE_BUCKETS:
-            if age <= bound:
-                break
-            i += 1
-        self.age_counts[i] += 1
+        self.age.observe(age)
 
 
 class _Lookup:
@@ -114,7 +107,7 @@ class _LiveAnswer:
         if resp is not None:
             resp.parameters = {**resp.parameters, **_LIVE} if resp.parameters else dict(_LIVE)
             if stage.write_back and self.key is not None:
-                entry = Entry(stage.version, time.time(), self.fp, dict(resp.outputs))
+                entry = Entry(stage.version, time.time(), self.fp, resp.outputs)  # encode copies the bytes
                 if stage.store.put_later(stage.name, self.key, encode(entry)):
                     stage.pstats.write_backs += 1
         elif err is not None and self.stale is not None and err.code is not Code.CANCELLED:

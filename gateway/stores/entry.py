@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from xxhash import xxh3_128
 
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
+
 MAGIC = b"GWP1"
 _HEAD = struct.Struct("<4sdH")  # magic, computed_at, version length
 _LAYOUT = struct.Struct("<HI")  # outputs, bytes of their headers
 _OUT = struct.Struct("<HBBQ")  # name length, dtype length, ndim, data bytes
-_U32 = struct.Struct("<I")
 _Layout = tuple[tuple[str, np.dtype, tuple[int, ...], int, int], ...]
 _layouts: dict[bytes, tuple[_Layout, int]] = {}
 """Parsed output headers by their bytes: a model's entries share one layout (names, dtypes,
@@ -42,26 +43,23 @@ class Entry:
     outputs: dict[str, np.ndarray]
 
 
+def _input_header(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """What an input's fingerprint covers besides its bytes (one definition: the batch job's rows
+    and the server's requests must hash alike)."""
+    return name.encode() + b"\0" + dtype.str.encode() + b"\0" + repr(shape).encode() + b"\0"
+
+
 def fingerprint(inputs: Mapping[str, np.ndarray]) -> bytes:
     """16 bytes that change when any input's name, dtype, shape or bytes change (xxh3-128)."""
     h = xxh3_128()
     for name in sorted(inputs):
         a = inputs[name]
-        h.update(name.encode())
-        h.update(b"\0" + a.dtype.str.encode() + b"\0" + repr(a.shape).encode() + b"\0")
+        h.update(_input_header(name, a.dtype, a.shape))
         if a.dtype.kind == "O":
-            h.update(_bytes_elements(a))
+            h.update(encode_bytes_tensor(a))
         else:
             h.update(np.ascontiguousarray(a).data)
     return h.digest()
-
-
-def _bytes_elements(a: np.ndarray) -> bytes:
-    parts: list[bytes] = []
-    for item in a.flat:
-        b = item if isinstance(item, bytes) else str(item).encode()
-        parts += (_U32.pack(len(b)), b)
-    return b"".join(parts)
 
 
 def _out_header(name: str, arr_dtype: np.dtype, shape: tuple[int, ...], size: int) -> bytes:
@@ -77,7 +75,7 @@ def encode(entry: Entry) -> bytes:
     fp = entry.fingerprint
     heads, datas = [], []
     for name, arr in entry.outputs.items():
-        data = _bytes_elements(arr) if arr.dtype.kind == "O" else np.ascontiguousarray(arr).tobytes()
+        data = encode_bytes_tensor(arr) if arr.dtype.kind == "O" else np.ascontiguousarray(arr).tobytes()
         heads.append(_out_header(name, arr.dtype, arr.shape, len(data)))
         datas.append(data)
     head = b"".join(heads)
@@ -132,7 +130,7 @@ def decode(value: bytes) -> Entry:
         outputs: dict[str, np.ndarray] = {}
         for name, dtype, shape, rel, size in layout:
             if dtype.kind == "O":
-                outputs[name] = _read_bytes_elements(memoryview(value)[at + rel:at + rel + size], shape)
+                outputs[name] = decode_bytes_tensor(memoryview(value)[at + rel:at + rel + size]).reshape(shape)
             else:
                 outputs[name] = np.frombuffer(value, dtype, size // dtype.itemsize, at + rel).reshape(shape)
     except BadEntry:
@@ -140,18 +138,6 @@ def decode(value: bytes) -> Entry:
     except (struct.error, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
         raise BadEntry(f"not a stored prediction: {exc}") from None
     return Entry(version, computed_at, fp, outputs)
-
-
-def _read_bytes_elements(buf: memoryview, shape: tuple[int, ...]) -> np.ndarray:
-    items = []
-    at = 0
-    while at < len(buf):
-        (n,) = _U32.unpack_from(buf, at)
-        items.append(bytes(buf[at + 4:at + 4 + n]))
-        at += 4 + n
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out.reshape(shape)
 
 
 def row_fingerprints(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
@@ -163,8 +149,7 @@ def row_fingerprints(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
     for name in names:
         a = inputs[name]
         h = xxh3_128()
-        h.update(name.encode())
-        h.update(b"\0" + a.dtype.str.encode() + b"\0" + repr((1, *a.shape[1:])).encode() + b"\0")
+        h.update(_input_header(name, a.dtype, (1, *a.shape[1:])))
         bases.append(h)
     if any(inputs[name].dtype.kind == "O" for name in names):
         return [fingerprint({k: inputs[k][i:i + 1] for k in names}) for i in range(n)]
@@ -174,9 +159,8 @@ def row_fingerprints(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
         h = bases[0].copy()
         h.update(rows[0][i].data)
         for j in range(1, len(names)):  # the next input's name and layout, then its row
-            h.update(names[j].encode())
             a = inputs[names[j]]
-            h.update(b"\0" + a.dtype.str.encode() + b"\0" + repr((1, *a.shape[1:])).encode() + b"\0")
+            h.update(_input_header(names[j], a.dtype, (1, *a.shape[1:])))
             h.update(rows[j][i].data)
         out.append(h.digest())
     return out

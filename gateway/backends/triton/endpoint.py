@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from gateway._native.hist import Histogram
 from gateway.model_config import RemoteConfig
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -23,7 +24,7 @@ SERVER_FAULTS = frozenset(("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"))
 
 class Endpoint:
     __slots__ = ("address", "max_outstanding", "breaker_failures", "breaker_open_s", "outstanding", "healthy",
-                 "failures", "open_until", "probing", "calls", "errors", "latency_counts", "latency_sum",
+                 "failures", "open_until", "probing", "calls", "errors", "latency",
                  "channels", "stubs", "_turn")
 
     def __init__(self, address: str, remote: RemoteConfig) -> None:
@@ -39,8 +40,7 @@ class Endpoint:
         self.probing = False  # half-open: the one probe call is in flight
         self.calls = 0
         self.errors: dict[str, int] = {}  # gRPC code name -> calls that ended with it
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
+        self.latency = Histogram(LATENCY_BUCKETS)  # call durations, seconds
         self.channels: list[Any] = []  # grpc.aio channels, opened on the loop on first use
         self.stubs: list[Any] = []
         self._turn = itertools.count()
@@ -67,11 +67,7 @@ class Endpoint:
         self.calls += 1
         if code != "OK":
             self.errors[code] = self.errors.get(code, 0) + 1
-        i = 0
-        while i < len(LATENCY_BUCKETS) and seconds > LATENCY_BUCKETS[i]:
-            i += 1
-        self.latency_counts[i] += 1
-        self.latency_sum += seconds
+        self.latency.observe(seconds)
         if code in SERVER_FAULTS:
             self.failures += 1
             if self.probing or self.failures >= self.breaker_failures:

@@ -83,7 +83,7 @@ def aborts_on_error(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
     return rpc
 
 
-def sticky_metadata(context: Any, names: tuple[str, ...]) -> dict[str, str] | None:
+def route_metadata(context: Any, names: tuple[str, ...]) -> dict[str, str] | None:
     """The values of the metadata keys ``names`` (a sticky key, an entity key) the call sent;
     keys arrive lowercase."""
     out: dict[str, str] | None = None
@@ -141,7 +141,7 @@ class InferenceServicer:
             route = self._dp.route_of(infer_request.model_name)
             keys = None
             if route is not None and route.keys:  # a policy's sticky key, a precomputed route's entity key
-                keys = sticky_metadata(context, route.keys)
+                keys = route_metadata(context, route.keys)
             # eager: grpc.aio hands the loop one call per pass, so there is no batch to wait for
             response = await self._dp.infer(infer_request, eager=True, keys=keys)
             if route is not None and route.arms:
