@@ -188,16 +188,16 @@ def test_unexpected_decode_error_is_500_logged_once_and_the_pipeline_goes_on(
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_failing_parser_callback_is_answered_500(hard_repo: Path, loop_name: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception inside a parser callback (before the request has a sequence number) still
+    """An exception inside a reader callback (before the request has a sequence number) still
     answers that request, after the earlier pipelined one, and closes."""
-    real = http_front.HttpProtocol.on_headers_complete
+    real = http_front.HttpProtocol.on_request
 
-    def on_headers_complete(self: http_front.HttpProtocol) -> None:
-        if b"boom" in self._url:
+    def on_request(self: http_front.HttpProtocol, method: bytes, url: bytes, *rest: Any) -> None:
+        if b"boom" in url:
             raise KeyError("kaboom")
-        real(self)
+        real(self, method, url, *rest)
 
-    monkeypatch.setattr(http_front.HttpProtocol, "on_headers_complete", on_headers_complete)
+    monkeypatch.setattr(http_front.HttpProtocol, "on_request", on_request)
     with ServerThread(repository=hard_repo, loop=loop_name, grpc_port=-1) as srv, \
             socket.create_connection(("127.0.0.1", srv.http_port), timeout=10) as s:
         s.sendall(request("POST", "/v2/models/slowish/infer", MLP_ROW) + request("GET", "/v2/boom"))

@@ -38,7 +38,7 @@ class _Pending:
 
 class _IdTap:
     """The data plane as seen by one logged connection: notes each infer request's id (known only
-    once the body is decoded, inside ``on_message_complete``) on the request being handled."""
+    once the body is decoded, inside ``on_request``) on the request being handled."""
 
     __slots__ = ("_proto", "_dp")
 
@@ -72,12 +72,14 @@ class AccessLoggedProtocol(HttpProtocol):
         is_inet = isinstance(peer, tuple) and len(peer) >= 2
         self._client = f"{peer[0]}:{peer[1]}" if is_inet else str(peer or "")
 
-    def on_message_complete(self) -> None:
+    def on_request(self, method: bytes, url: bytes, keep_alive: bool, body: bytes, header_len: int,
+                   content_encoding: bytes | None, accept: bytes | None, auth: bytes | None,
+                   sticky: dict[str, bytes] | None) -> None:
         if not self._closing:
-            p = _Pending(self.parser.get_method().decode("latin-1"), self._url, self._body_len)
+            p = _Pending(method.decode("latin-1"), url, len(body))
             self._current = self._pending[self._seq] = p
         try:
-            super().on_message_complete()
+            super().on_request(method, url, keep_alive, body, header_len, content_encoding, accept, auth, sticky)
         finally:
             self._current = None
 
@@ -88,7 +90,8 @@ class AccessLoggedProtocol(HttpProtocol):
             if t is None or t.is_closing():  # the connection ended first: its 499 line is written
                 return
             # answered before the request was complete (413 on Content-Length, 400 malformed)
-            p = _Pending(self._parser_method(), self._url, self._body_len)
+            method, url = self.parser.current()
+            p = _Pending(method.decode("latin-1"), url, 0)
         self._log(p, data)
         super()._write_in_order(seq, data, close)
 
@@ -101,12 +104,6 @@ class AccessLoggedProtocol(HttpProtocol):
             self._pending = {}
             for p in pending.values():
                 self._log(p, _GONE)
-
-    def _parser_method(self) -> str:
-        try:
-            return self.parser.get_method().decode("latin-1")
-        except Exception:  # nothing parsed yet
-            return ""
 
     def _log(self, p: _Pending, data: bytes) -> None:
         path = p.url.split(b"?", 1)[0].decode("latin-1")

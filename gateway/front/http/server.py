@@ -1,8 +1,9 @@
-"""HTTP/1.1 front: KServe v2 REST on asyncio/uvloop + httptools, no web framework on the hot path.
+"""HTTP/1.1 front: KServe v2 REST on asyncio/uvloop, no web framework on the hot path.
 
-One ``HttpProtocol`` per connection. Requests are parsed by httptools callbacks; an infer
-request is decoded and submitted to the data plane with a callback (no task or future per
-request), and its response is written when the batch completes. Pipelined requests are
+One ``HttpProtocol`` per connection. Requests are parsed in C (``gateway._native.http1``), which
+calls ``on_request`` once per complete request; an infer request is decoded and submitted to the
+data plane with a callback (no task or future per request), and its response is written when the
+batch completes. Pipelined requests are
 answered in order: a response that completes early waits in ``_parked`` until its turn.
 
 Invariant: every request gets exactly one answer, whatever its handling raises (an error we
@@ -26,8 +27,7 @@ import select
 from typing import Any
 from urllib.parse import unquote
 
-import httptools
-
+from gateway._native.http1 import RequestReader
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.front.http.accept import Listener, bind
@@ -77,7 +77,7 @@ def error_response(err: GatewayError, close: bool = False) -> bytes:
 
 
 class _Stop(Exception):
-    """Raised from a parser callback after ``_fatal``: stop parsing what the client sent next."""
+    """Raised from a reader callback after ``_fatal``: stop parsing what the client sent next."""
 
 
 # Where a connection is in its current request; the sweep times the head and body phases.
@@ -313,11 +313,9 @@ class HttpFront:
 
 
 class HttpProtocol(asyncio.Protocol):
-    __slots__ = ("front", "transport", "parser", "_url", "_body", "_body_len", "_header_len", "_head_bytes",
-                 "_expect_continue", "_continue_due", "_seq", "_next_write", "_parked", "_tickets", "_closing",
-                 "_paused", "last_active", "_dataplane", "_max_body", "_max_head", "_max_pipelined", "_phase",
-                 "_since", "_head_raw", "_reserve", "_content_encoding",
-                 "_accept_encoding", "_router", "_sticky", "_auth", "_door")
+    __slots__ = ("front", "transport", "parser", "_continue_due", "_seq", "_next_write", "_parked", "_tickets",
+                 "_closing", "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined", "_reserve",
+                 "_router", "_door")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
@@ -325,16 +323,11 @@ class HttpProtocol(asyncio.Protocol):
         self._router = front.dataplane.router
         self._door = front.dataplane.door
         self._max_body = front.settings.max_body_bytes
-        self._max_head = front.settings.max_header_bytes
         self._max_pipelined = front.settings.max_pipelined_requests
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self._url = b""
-        self._body: list[bytes] = []
-        self._body_len = 0
-        self._header_len = -1
-        self._head_bytes = 0
-        self._expect_continue = False
+        # phase and since: where the request being read is, and the tick that phase began
+        # (accept, first byte, end of head), for the sweep
+        self.parser = RequestReader(self, self._router, front.settings.max_header_bytes, self._max_body, front.tick)
         self._continue_due = False  # a 100 Continue waits until earlier answers are written
         self._seq = 0
         self._next_write = 0
@@ -343,14 +336,15 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = False
         self._paused = False
         self.last_active = front.tick
-        self._phase = _IDLE
-        self._since = front.tick  # when the current phase began (accept, first byte, end of head)
-        self._head_raw = 0  # bytes of an unfinished head, which httptools buffers unbounded
         self._reserve = False  # from the health reserve: health and /metrics only
-        self._content_encoding: bytes | None = None
-        self._accept_encoding: bytes | None = None
-        self._sticky: dict[str, bytes] | None = None  # headers some model's sticky_key names
-        self._auth: bytes | None = None  # Authorization, kept for the admin routes
+
+    @property
+    def _phase(self) -> int:
+        return self.parser.phase  # type: ignore[no-any-return]
+
+    @property
+    def _since(self) -> int:
+        return self.parser.since  # type: ignore[no-any-return]
 
     # ---- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -364,6 +358,7 @@ class HttpProtocol(asyncio.Protocol):
                 transport.close()
                 return
             self._reserve = True
+            self.parser.check_head = True
             reserve.add(self)
         front.connections.add(self)
 
@@ -400,6 +395,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         self._closing = True
+        self.parser.stop()
         if self.transport is not None:
             self.transport.close()
 
@@ -417,31 +413,22 @@ class HttpProtocol(asyncio.Protocol):
     def _resume_reading(self) -> None:
         if self._paused and self.transport is not None and not self._closing:
             self._paused = False
-            if self._phase != _IDLE:
-                self._since = self.front.tick  # the time we did not read was ours, not the client's
+            if self.parser.phase != _IDLE:
+                self.parser.since = self.front.tick  # the time we did not read was ours, not the client's
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return  # answered and closing: nothing more the client sends is read
         self.last_active = self.front.tick
-        in_head = self._phase == _HEAD
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
+            self.parser.feed(data, self.front.tick)
+        except _Stop:
+            pass
+        except Exception:
             if not self._closing:  # one of our callbacks failed (not _Stop): a bug, still answered
-                log.error("reading an HTTP request failed", exc_info=exc.__context__)
+                log.exception("reading an HTTP request failed")
                 self._fatal(500, "internal error while reading the request")
-        except httptools.HttpParserUpgrade:
-            self._fatal(400, "protocol upgrade is not supported")
-        except httptools.HttpParserError as exc:
-            if not self._closing:
-                self._fatal(400, f"malformed HTTP request: {exc}")
-        else:
-            if in_head and self._phase == _HEAD:  # all of this chunk went into an unfinished head
-                self._head_raw += len(data)
-                if self._head_raw > self._max_head:
-                    self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
 
     def _fatal(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer (in order) and close: the byte stream cannot be trusted past this point.
@@ -454,6 +441,7 @@ class HttpProtocol(asyncio.Protocol):
             if s not in self._tickets and s not in self._parked:
                 seq = s
                 break
+        self.parser.stop()
         self._pause_reading()
         self._closing = True
         self._write_in_order(seq, build_response(status, dumps({"error": message}), extra=extra, close=True), True)
@@ -461,126 +449,42 @@ class HttpProtocol(asyncio.Protocol):
     def _late(self, what: str, setting: str, limit: float) -> None:
         """The sweep found the request head or body late: 408, or a plain close when no byte of
         a request has arrived (there is nothing to answer)."""
-        if self._phase == _IDLE:
+        if self.parser.phase == _IDLE:
             self.close()
         else:
             self._fatal(408, f"request {what} not received within {setting} ({limit:g} s)")
 
-    # ---- httptools callbacks ---------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._phase = _HEAD
-        self._head_raw = 0
-        if self._seq:  # a connection's first request is timed from accept
-            self._since = self.front.tick
+    # ---- reader callbacks ------------------------------------------------------------------
+    def expect_continue(self) -> None:
+        """The head asked for ``100 Continue`` and passed its checks (Content-Length first)."""
+        t = self.transport
+        if self._next_write != self._seq:
+            self._continue_due = True  # earlier answers first: _write_in_order sends it
+        elif t is not None and not t.is_closing():
+            t.write(_CONTINUE)
 
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        self._head_bytes += len(url)
-        if self._head_bytes > self._max_head:
-            self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
-            raise _Stop
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > self._max_head:
-            self._fatal(431, f"request head exceeds max_header_bytes ({self._max_head})")
-            raise _Stop
-        # Dispatch on length first: most headers (host, content-type, ...) are skipped without lower().
-        size = len(name)
-        if size == 31:
-            if name.lower() == b"inference-header-content-length":
-                try:
-                    self._header_len = int(value)
-                except ValueError:
-                    self._header_len = -2  # reported as 400 once the message is complete
-        elif size == 14:
-            if name.lower() == b"content-length":
-                try:
-                    too_large = int(value) > self._max_body
-                except ValueError:
-                    too_large = False  # httptools rejects it
-                if too_large:
-                    self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
-                    raise _Stop
-        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
-            self._expect_continue = True
-        elif 15 <= size <= 16:  # one comparison for the headers that are neither of these two
-            lname = name.lower()
-            if lname == b"content-encoding":
-                self._content_encoding = value
-            elif lname == b"accept-encoding":
-                self._accept_encoding = value
-        elif size == 13 and name.lower() == b"authorization":
-            self._auth = value
-        sticky = self._router.sticky_sizes  # empty unless some model's policy reads a header
-        if sticky and size in sticky:
-            key = self._router.sticky_headers.get(name.lower())
-            if key is not None:  # kept as bytes: the router hashes them as sent
-                if self._sticky is None:
-                    self._sticky = {key: value}
-                else:
-                    self._sticky[key] = value
-
-    def on_headers_complete(self) -> None:
-        self._phase = _BODY
-        self._since = self.front.tick
-        if self._reserve:
-            self._check_reserve()
-        if self._expect_continue:  # only now: after the Content-Length check, once per request
-            self._expect_continue = False
-            t = self.transport
-            if self._next_write != self._seq:
-                self._continue_due = True  # earlier answers first: _write_in_order sends it
-            elif t is not None and not t.is_closing():
-                t.write(_CONTINUE)
-
-    def _check_reserve(self) -> None:
+    def check_head(self, method: bytes, url: bytes) -> None:
         """A connection from the health reserve may only ask for health and /metrics."""
-        path = self._url.split(b"?", 1)[0]
-        if self.parser.get_method() in (b"GET", b"HEAD") and (path == b"/metrics" or path.startswith(b"/v2/health/")):
+        path = url.split(b"?", 1)[0]
+        if method in (b"GET", b"HEAD") and (path == b"/metrics" or path.startswith(b"/v2/health/")):
             return
         self._fatal(503, f"server is at max_connections ({self.front.max_connections}); this connection "
                          "may only ask for /v2/health/* and /metrics", _RETRY)
         raise _Stop
 
-    def on_body(self, body: bytes) -> None:
-        self._body_len += len(body)
-        if self._body_len > self._max_body:
-            self._fatal(413, f"request body exceeds max_body_bytes ({self._max_body})")
-            raise _Stop
-        self._body.append(body)
-
-    def on_message_complete(self) -> None:
+    def on_request(self, method: bytes, url: bytes, keep_alive: bool, body: bytes, header_len: int,
+                   content_encoding: bytes | None, accept: bytes | None, auth: bytes | None,
+                   sticky: dict[str, bytes] | None) -> None:
+        """One complete request (the reader's only per-request call)."""
         if self._closing:
             return
         seq = self._seq
         self._seq += 1
-        keep_alive = self.parser.should_keep_alive()
-        chunks = self._body
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        method = self.parser.get_method()
-        url = self._url
-        header_len = self._header_len
-        accept = self._accept_encoding
-        sticky = self._sticky
-        auth = self._auth
-        # Reset per-message state here rather than in on_message_begin: one callback less per request.
-        self._url = b""
-        self._body = []
-        self._body_len = 0
-        self._header_len = -1
-        self._head_bytes = 0
-        self._phase = _IDLE
         self._continue_due = False
-        self._accept_encoding = None
-        if sticky is not None:
-            self._sticky = None
-        if auth is not None:  # never carried over to the connection's next request
-            self._auth = None
         route = req = None
         try:
-            if self._content_encoding is not None:  # only requests that sent one pay for decoding
-                body = self._decode_body(body)
+            if content_encoding is not None:  # only requests that sent one pay for decoding
+                body = decode_body(body, content_encoding, self._max_body)
             if method == b"POST":
                 route = self.front.infer_routes.get(url) or self.front.infer_route(url)
                 if route is not None:
@@ -615,13 +519,6 @@ class HttpProtocol(asyncio.Protocol):
             if method == b"HEAD":  # the GET's headers, content-length included, and no body
                 data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
-
-    def _decode_body(self, body: bytes) -> bytes:
-        """The body without its Content-Encoding. Raises GatewayError (400, 413) or
-        UnsupportedEncoding (415), answered like any other error (so a HEAD's answer has no body)."""
-        encoding = self._content_encoding
-        self._content_encoding = None
-        return decode_body(body, encoding, self._max_body)  # type: ignore[arg-type]
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         t = self.transport
