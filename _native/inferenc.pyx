@@ -49,9 +49,11 @@ cdef extern from *:
     enum { GW_BOOL, GW_I8, GW_I16, GW_I32, GW_I64, GW_U8, GW_U16, GW_U32, GW_U64,
            GW_F16, GW_F32, GW_F64 };
 
-    /* Most bytes one value takes, its comma included (to_chars' shortest float text is at most
-       "-2.2250738585072014e-308"; an integral one gets ".0" but is then shorter than that). */
-    static const Py_ssize_t gw_width[] = {6, 5, 7, 12, 21, 4, 6, 11, 21, 16, 16, 26};
+    /* Most bytes one value takes, its comma included. to_chars' shortest float text is at most
+       "-2.2250738585072014e-308" (24) or "-1.17549435e-38" (15); it is fixed-point when that is
+       no longer than scientific, and then may get ".0": at most 25 (double) / 17 (float) with
+       a sign. Two bytes spare for each float type. */
+    static const Py_ssize_t gw_width[] = {6, 5, 7, 12, 21, 4, 6, 11, 21, 20, 20, 28};
 
     static inline float gw_half_to_float(uint16_t h) {
         uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, f;
