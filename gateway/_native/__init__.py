@@ -8,10 +8,10 @@ build_ext --inplace``).
 
 from __future__ import annotations
 
-__all__ = ["bytestensor", "hist", "jsonnum", "pack"]
+__all__ = ["bytestensor", "hist", "inferenc", "jsonnum", "pack"]
 
 try:
-    from gateway._native import bytestensor, hist, jsonnum, pack  # noqa: F401
+    from gateway._native import bytestensor, hist, inferenc, jsonnum, pack  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         "gateway's compiled extensions (gateway._native.*) are missing or failed to load: "

@@ -2,7 +2,8 @@
 
 Decode keeps binary tensors as zero-copy numpy views over the request body; JSON number
 arrays go straight into typed buffers through the native ``list_to_array`` (no numpy type
-discovery). Encode serialises numpy outputs with orjson's native numpy support.
+discovery). Encode is the native ``inferenc`` (numbers by ``std::to_chars``, the body in one
+buffer); the general path (shared memory) embeds its ``json_array`` text, so both agree.
 Every malformed body raises ``GatewayError(INVALID_ARGUMENT)`` naming what is wrong.
 
 Shared memory (``gateway.shm``): an input or requested output whose ``parameters`` name a
@@ -18,6 +19,7 @@ import numpy as np
 import orjson
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
+from gateway._native.inferenc import encode_body, json_array
 from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
 from gateway.front.plan import EncodePlan
@@ -228,57 +230,23 @@ def _decode_outputs(outputs: Any, binary_all: bool,
     return names, None
 
 
-# Byte fragments that repeat in every response, cached: the JSON fast path assembles a response
-# from them plus one orjson call per output array, instead of building and serialising dicts.
-_HEADS: dict[tuple[str, str], bytes] = {}
-_OUT_HEADS: dict[tuple[str, np.dtype], bytes] = {}
-_SHAPES: dict[tuple[int, ...], bytes] = {}
-
-
-def _encode_json_fast(resp: InferResponse) -> bytes | None:
-    head = _HEADS.get((resp.model_name, resp.model_version))
-    if head is None:
-        if len(_HEADS) > 4096:
-            _HEADS.clear()
-        head = _HEADS[(resp.model_name, resp.model_version)] = _dumps(
-            {"model_name": resp.model_name, "model_version": resp.model_version})[:-1]
-    parts = [head]
-    if resp.id:
-        parts += [b',"id":', _dumps(resp.id)]
-    if resp.parameters:
-        parts += [b',"parameters":', _dumps(resp.parameters, option=_NUMPY_OPT)]
-    parts.append(b',"outputs":[')
-    first = True
-    for name, arr in resp.outputs.items():
-        key = (name, arr.dtype)  # the dtype object hashes fast; dtype.str builds a string
-        out_head = _OUT_HEADS.get(key)
-        if out_head is None:
-            datatype = numpy_to_datatype(arr.dtype)
-            if datatype == "BYTES" or len(_OUT_HEADS) > 4096:
-                return None
-            out_head = _OUT_HEADS[key] = _dumps({"name": name, "datatype": datatype})[:-1] + b',"shape":'
-        shape = arr.shape
-        shape_bytes = _SHAPES.get(shape)
-        if shape_bytes is None:
-            if len(_SHAPES) > 4096:
-                _SHAPES.clear()
-            shape_bytes = _SHAPES[shape] = _dumps(shape)
-        if not first:
-            parts.append(b",")
-        first = False
-        parts += [out_head, shape_bytes, b',"data":', _dumps(arr.ravel(), option=_NUMPY_OPT), b"}"]
-    parts.append(b"]}")
-    return b"".join(parts)
-
-
 def encode_infer(resp: InferResponse, binary: frozenset[str] | None,
                  shm: dict[str, dict[str, Any]] | None = None) -> tuple[bytes, int]:
     """Serialise a response; returns (body, json header length or -1 when all JSON).
-    ``shm``: parameters of the outputs already written into shared memory (sent without data)."""
-    if binary is None and shm is None:
-        fast = _encode_json_fast(resp)
+    ``shm``: parameters of the outputs already written into shared memory (sent without data).
+    Without shared memory the native ``encode_body`` writes the body in one buffer; the general
+    path writes the same bytes (its numbers are ``json_array``'s)."""
+    if shm is None:
+        fast = encode_body(resp, binary)
         if fast is not None:
-            return fast, -1
+            return fast  # type: ignore[no-any-return]
+    return encode_general(resp, binary, shm)
+
+
+def encode_general(resp: InferResponse, binary: frozenset[str] | None,
+                   shm: dict[str, dict[str, Any]] | None = None) -> tuple[bytes, int]:
+    """``encode_infer`` through dicts and orjson: shared-memory outputs, and the reference the
+    native encoder is tested against."""
     outputs = []
     chunks: list[bytes] = []
     every = binary is not None and "*" in binary
@@ -287,7 +255,10 @@ def encode_infer(resp: InferResponse, binary: frozenset[str] | None,
         if shm is not None and name in shm:
             outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "parameters": shm[name]})
         elif binary is not None and (every or name in binary):
-            raw = encode_bytes_tensor(arr) if datatype == "BYTES" else arr.tobytes()
+            if datatype == "BYTES":
+                raw = encode_bytes_tensor(arr)
+            else:  # the protocol's byte order, whatever the array's
+                raw = np.ascontiguousarray(arr, arr.dtype.newbyteorder("<")).tobytes()
             chunks.append(raw)
             outputs.append({"name": name, "datatype": datatype, "shape": arr.shape,
                             "parameters": {"binary_data_size": len(raw)}})
@@ -296,7 +267,8 @@ def encode_infer(resp: InferResponse, binary: frozenset[str] | None,
                             "data": [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
                                      for x in arr.reshape(-1)]})
         else:
-            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape, "data": arr.reshape(-1)})
+            outputs.append({"name": name, "datatype": datatype, "shape": arr.shape,
+                            "data": orjson.Fragment(json_array(arr))})
     doc: dict[str, Any] = {"model_name": resp.model_name, "model_version": resp.model_version}
     if resp.id:
         doc["id"] = resp.id
