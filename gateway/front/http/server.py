@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from gateway._native.http1 import RequestReader
+from gateway._native.inferenc import http_response
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.front.http.accept import Listener, bind
@@ -150,26 +151,34 @@ class _Call:
             data = error_response(err, not self.keep_alive)
         else:
             try:
-                body, hlen = encode_infer(resp, binary, written)  # type: ignore[arg-type]
+                data = self._encode(resp, binary, written)  # type: ignore[arg-type]
             except Exception as exc:  # an output we cannot serialise must not kill the connection
                 log.exception("encoding response failed")
                 data = error_response(GatewayError(Code.INTERNAL, f"cannot encode response: {exc}"),
                                       not self.keep_alive)
-            else:
-                close = b"" if self.keep_alive else b"connection: close\r\n"
-                if self.accept is not None:  # compressed, and content-encoding put before `close`
-                    body, close = encode_body(body, self.accept, close)
-                if self.arm:
-                    close = (_ARM_PINNED if self.arm == 2 else _arm_line(resp.model_version)) + close  # type: ignore[union-attr]
-                params = resp.parameters  # type: ignore[union-attr]
-                if params is not None and "prediction_source" in params:  # the precomputed route's answers
-                    close = _SOURCE_LINES.get(params["prediction_source"], b"") + close
-                if hlen < 0:
-                    data = b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
-                else:
-                    data = b"".join((_OK_200, _BIN_CL, str(hlen).encode(), b"\r\ncontent-length: ",
-                                     str(len(body)).encode(), b"\r\n", close, b"\r\n", body))
         proto._write_in_order(self.seq, data, not self.keep_alive)
+
+    def _encode(self, resp: InferResponse, binary: frozenset[str] | None,
+                written: dict[str, dict[str, Any]] | None) -> bytes:
+        """The 200 answer: head and body in one native call, unless it is compressed or names
+        outputs written into shared memory."""
+        extra = b"" if self.keep_alive else b"connection: close\r\n"
+        if self.arm:
+            extra = (_ARM_PINNED if self.arm == 2 else _arm_line(resp.model_version)) + extra
+        params = resp.parameters
+        if params is not None and "prediction_source" in params:  # the precomputed route's answers
+            extra = _SOURCE_LINES.get(params["prediction_source"], b"") + extra
+        if self.accept is None and written is None:
+            data = http_response(resp, binary, extra)
+            if data is not None:
+                return data  # type: ignore[no-any-return]
+        body, hlen = encode_infer(resp, binary, written)
+        if self.accept is not None:  # compressed: content-encoding goes before the other lines
+            body, extra = encode_body(body, self.accept, extra)
+        if hlen < 0:
+            return b"".join((_OK_200, _CL, str(len(body)).encode(), b"\r\n", extra, b"\r\n", body))
+        return b"".join((_OK_200, _BIN_CL, str(hlen).encode(), b"\r\ncontent-length: ",
+                         str(len(body)).encode(), b"\r\n", extra, b"\r\n", body))
 
 
 _RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux: the peer shut down its side, even with data unread
