@@ -25,7 +25,6 @@ cimport numpy as cnp
 
 import numpy as np
 
-from gateway.front.plan import EncodePlan
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 
 cnp.import_array()
@@ -93,7 +92,7 @@ cdef uint64_t[12] _POS_MAX = [1, 127, 32767, 2147483647ULL, 9223372036854775807U
                               255, 65535, 4294967295ULL, 18446744073709551615ULL, 0, 0, 0]
 cdef list _DTYPES = [DATATYPE_TO_NUMPY[n] for n in _NAMES]
 cdef object _frombuffer = np.frombuffer
-cdef object _BINARY_ALL = EncodePlan(frozenset(["*"]))
+cdef object _BINARY_ALL = frozenset(["*"])
 cdef str _K_BDO = "binary_data_output"
 cdef str _K_TIMEOUT = "timeout"
 
@@ -697,14 +696,16 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
         return req, _BINARY_ALL if binary_all == 1 else None
     req.outputs = out_names
     wanted = [nm for nm, fl in zip(out_names, out_flags) if fl == 1 or (fl == -1 and binary_all == 1)]
-    return req, EncodePlan(frozenset(wanted), None) if wanted else None
+    return req, frozenset(wanted) if wanted else None
 
 
 def decode_fast(bytes body not None, Py_ssize_t header_length, str model not None,
                 str version not None):
-    """``(InferRequest, EncodePlan | None)`` exactly as ``codec.decode_infer(body,
-    header_length, model, version)`` returns it, or None: the body is outside the fast grammar
-    (or would be an error), and the general decoder must take it."""
+    """``(InferRequest, binary)`` where ``codec.decode_infer(body, header_length, model,
+    version)`` returns ``(InferRequest, EncodePlan(binary) if binary else None)``: ``binary`` is
+    the outputs to send in the binary extension (``{"*"}``: all), None when all go as JSON.
+    None: the body is outside the fast grammar (or would be an error), and the general decoder
+    must take it. (The plan is the front's type: this module knows only the core's.)"""
     global _n_fast, _n_none
     result = decode(body, header_length, model, version)
     if result is None:

@@ -1,7 +1,7 @@
-"""gateway._native.inferjson.decode_fast against codec.decode_infer: wherever the fast path
-answers, its answer is decode_infer's, field by field and bit for bit; wherever decode_infer
-refuses a body, the fast path hands it back (None). Bodies come from a grammar with random
-whitespace, key order, number spellings and binary tensors, then are mutated."""
+"""gateway._native.inferjson.decode_fast against codec.decode_general (the interpreted decoder):
+wherever the fast path answers, its answer is decode_general's, field by field and bit for bit;
+wherever decode_general refuses a body, the fast path hands it back (None). Bodies come from a
+grammar with random whitespace, key order, number spellings and binary tensors, then are mutated."""
 
 from __future__ import annotations
 
@@ -12,14 +12,22 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from gateway._native.inferjson import counts, decode_fast
+from gateway._native.inferjson import counts
+from gateway._native.inferjson import decode_fast as native_decode_fast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import GatewayError
-from gateway.front.http.codec import decode_infer
+from gateway.front.http.codec import decode_general as decode_infer
 from gateway.front.plan import EncodePlan
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
+
+
+def decode_fast(body: bytes, header_length: int, model: str, version: str) -> Any:
+    """The native decoder's answer with its binary set as the plan codec.decode_infer builds."""
+    r = native_decode_fast(body, header_length, model, version)
+    return None if r is None else (r[0], None if r[1] is None else EncodePlan(r[1]))
+
 
 SETTINGS = settings(max_examples=300, deadline=None)
 NUMERIC = ["BOOL", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64", "FP32", "FP64"]

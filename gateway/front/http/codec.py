@@ -20,6 +20,8 @@ import orjson
 
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway._native.inferenc import encode_body, json_array
+from gateway._native.inferjson import counts as decode_native_counts
+from gateway._native.inferjson import decode_fast
 from gateway._native.jsonnum import json_tensor, list_to_array
 from gateway.errors import invalid
 from gateway.front.plan import EncodePlan
@@ -38,7 +40,36 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str,
                  shm: SharedMemoryRegistry | None = None) -> tuple[InferRequest, EncodePlan | None]:
     """Parse an infer request body. ``header_length`` < 0: all JSON; else the binary extension.
     ``shm``: the registered shared-memory regions (None: none served). Returns the request and how
-    to encode its answer (None: all outputs as JSON)."""
+    to encode its answer (None: all outputs as JSON).
+
+    The common bodies are parsed in C (``inferjson.decode_fast``, counted in ``decode_counts``);
+    the rest, and every malformed body, by ``decode_general``, which names what is wrong."""
+    fast = decode_fast(body, header_length, model, version)
+    if fast is not None:
+        binary = fast[1]
+        if binary is None:
+            return fast[0], None
+        plan = _PLANS.get(binary)
+        if plan is None:
+            if len(_PLANS) > 4096:
+                _PLANS.clear()
+            plan = _PLANS[binary] = EncodePlan(binary)
+        return fast[0], plan
+    return decode_general(body, header_length, model, version, shm)
+
+
+_PLANS: dict[frozenset[str], EncodePlan] = {_BINARY_ALL.binary: _BINARY_ALL}  # type: ignore[dict-item]
+
+
+def decode_counts() -> tuple[int, int]:
+    """(bodies the native decoder took, bodies it handed to ``decode_general``) in this process."""
+    return decode_native_counts()  # type: ignore[no-any-return]
+
+
+def decode_general(body: bytes, header_length: int, model: str, version: str,
+                   shm: SharedMemoryRegistry | None = None) -> tuple[InferRequest, EncodePlan | None]:
+    """``decode_infer`` for any body: JSON through orjson, every check interpreted (the
+    reference the native decoder is tested against)."""
     if header_length >= 0:
         if header_length > len(body):
             raise invalid(f"Inference-Header-Content-Length {header_length} exceeds the body ({len(body)} bytes)")
