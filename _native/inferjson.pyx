@@ -39,7 +39,38 @@ cdef extern from * nogil:
     #include <system_error>
     /* The double a JSON number token denotes, correctly rounded; 0 when the token does not
        parse whole or the value is out of a double's range (from_chars reports both). */
+    static const double GW_POW10[23] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+        1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
     static inline int gw_parse_double(const char* s, const char* e, double* out) {
+        /* Clinger's fast path first: with at most 15 digits the mantissa is an exact double,
+           and so is 10^k for k <= 22, so one IEEE multiply or divide is the correctly rounded
+           value, the same double from_chars gives. Most numbers clients send (a few decimals)
+           take it; the rest go to from_chars. */
+        const char* p = s;
+        int neg = 0, nd = 0, e10 = 0;
+        uint64_t m = 0;
+        if (p < e && *p == '-') { neg = 1; p++; }
+        while (p < e && (unsigned char)(*p - '0') < 10) { m = m * 10 + (uint64_t)(*p - '0'); nd++; p++; if (nd > 15) goto slow; }
+        if (p < e && *p == '.') {
+            p++;
+            while (p < e && (unsigned char)(*p - '0') < 10) { m = m * 10 + (uint64_t)(*p - '0'); nd++; e10--; p++; if (nd > 15) goto slow; }
+        }
+        if (p < e && (*p == 'e' || *p == 'E')) {
+            int eneg = 0, ev = 0, en = 0;
+            p++;
+            if (p < e && (*p == '+' || *p == '-')) { eneg = *p == '-'; p++; }
+            while (p < e && (unsigned char)(*p - '0') < 10) { ev = ev * 10 + (*p - '0'); p++; if (++en > 3) goto slow; }
+            if (en == 0) goto slow;
+            e10 += eneg ? -ev : ev;
+        }
+        if (p != e || nd == 0 || e10 < -22 || e10 > 22) goto slow;
+        {
+            double v = (double)m;
+            v = e10 < 0 ? v / GW_POW10[-e10] : v * GW_POW10[e10];
+            *out = neg ? -v : v;
+            return 1;
+        }
+    slow:
         double v;
         auto r = std::from_chars(s, e, v);
         if (r.ec != std::errc() || r.ptr != e || !std::isfinite(v)) return 0;
