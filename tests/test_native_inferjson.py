@@ -421,3 +421,29 @@ def test_timing_print() -> None:
     fast = min(timeit.repeat(lambda: decode_fast(BENCH_BODY, -1, "m", "1"), number=n, repeat=3)) / n
     slow = min(timeit.repeat(lambda: decode_infer(BENCH_BODY, -1, "m", "1"), number=n, repeat=3)) / n
     print(f"\nbench body: decode_fast {fast * 1e6:.2f} us, decode_infer {slow * 1e6:.2f} us")
+
+
+_TOKEN = st.builds(
+    lambda sign, whole, frac, exp: sign + whole + (("." + frac) if frac else "") + exp,
+    st.sampled_from(["", "-"]),
+    st.from_regex(r"(0|[1-9][0-9]{0,17})", fullmatch=True),
+    st.from_regex(r"[0-9]{0,18}", fullmatch=True),
+    st.one_of(st.just(""), st.from_regex(r"[eE][+-]?[0-9]{1,3}", fullmatch=True)),
+)
+
+
+@SETTINGS
+@given(st.lists(_TOKEN, min_size=1, max_size=40), st.sampled_from(["FP64", "FP32"]))
+def test_float_tokens_round_exactly_as_the_general_path(tokens: list[str], datatype: str) -> None:
+    """Short decimals take the exact multiply-or-divide path, the rest from_chars: either way
+    the value is the correctly rounded double orjson reads (then float32, for FP32)."""
+    body = (f'{{"inputs":[{{"name":"x","datatype":"{datatype}","shape":[{len(tokens)}],"data":['
+            + ",".join(tokens) + "]}]}").encode()
+    try:
+        want = decode_infer(body, -1, "m", "1")
+    except GatewayError:
+        assert decode_fast(body, -1, "m", "1") is None
+        return
+    got = decode_fast(body, -1, "m", "1")
+    if got is not None:  # out-of-range values are handed back
+        assert got[0].inputs["x"].tobytes() == want[0].inputs["x"].tobytes()
