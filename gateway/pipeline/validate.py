@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway._native.sigcheck import accepted_rows
 from gateway.errors import invalid
 from gateway.types import InferRequest, TensorSpec, numpy_to_datatype
 
@@ -34,13 +35,17 @@ class Signature:
     variable_inner_dims: bool
     """True when some non-batch input dimension is -1: requests then go to shape buckets."""
     output_names: tuple[str, ...]
+    checks: tuple[tuple[str, np.dtype, tuple[int, ...]], ...] = ()
+    """(name, dtype, shape) per input, for the native accepting path of ``check_request``."""
+    output_set: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, model: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
               batching: bool) -> Signature:
         inner = [t.shape[1:] if batching else t.shape for t in inputs]
-        return cls(model, tuple(inputs), tuple(outputs), batching,
-                   any(-1 in s for s in inner), tuple(o.name for o in outputs))
+        names = tuple(o.name for o in outputs)
+        return cls(model, tuple(inputs), tuple(outputs), batching, any(-1 in s for s in inner), names,
+                   tuple((t.name, t.dtype, t.shape) for t in inputs), frozenset(names))
 
 
 def check_shape(name: str, shape: object) -> int:
@@ -69,6 +74,10 @@ def check_shape(name: str, shape: object) -> int:
 def check_request(sig: Signature, req: InferRequest) -> int:
     """Validate in place (makes inputs C-contiguous); return the request's rows (1 without batching)."""
     inputs = req.inputs
+    if sig.checks and type(inputs) is dict:  # the accepting path in C; refusals are named below
+        rows = accepted_rows(sig.checks, inputs, sig.batching, req.outputs, sig.output_set)
+        if rows >= 0:
+            return rows  # type: ignore[no-any-return]
     if len(inputs) != len(sig.inputs):
         names = {t.name for t in sig.inputs}
         extra = [n for n in inputs if n not in names]
