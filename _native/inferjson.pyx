@@ -100,6 +100,7 @@ cdef extern from * nogil:
     const char* gw_skip_digits(const char* p, const char* end)
     const uint64_t GW_MAX_SPAN
     const uint64_t GW_TIMEOUT_MAX
+    const double GW_POW10[23]
 
 cdef extern from "Python.h":
     object PyUnicode_FromStringAndSize(const char* s, Py_ssize_t size)
@@ -164,11 +165,14 @@ cdef inline const char* scan_string(const char* p, const char* end, const char**
 
 
 cdef inline const char* scan_number(const char* p, const char* end, bint* integral, bint* neg,
-                                    uint64_t* mag) noexcept nogil:
+                                    uint64_t* mag, double* fv=NULL) noexcept nogil:
     """A JSON number token. ``integral``: no fraction or exponent; then ``mag`` is its magnitude,
-    or ``integral`` is cleared when the magnitude passes 2**64 - 1 (orjson makes that a float)."""
+    or ``integral`` is cleared when the magnitude passes 2**64 - 1 (orjson makes that a float).
+    ``fv`` (optional): set to the token's double magnitude when Clinger's fast path gives it
+    exactly (at most 15 digits, a power of ten within 10**22), else to -1 (parse the token)."""
     cdef uint64_t m = 0, d
-    cdef bint over = False
+    cdef bint over = False, eneg
+    cdef int nd = 0, e10 = 0, ev, en
     integral[0] = True
     neg[0] = False
     if p < end and p[0] == c'-':
@@ -178,6 +182,7 @@ cdef inline const char* scan_number(const char* p, const char* end, bint* integr
         return NULL
     if p[0] == c'0':
         p += 1
+        nd = 1
         if p < end and c'0' <= p[0] <= c'9':
             return NULL  # a leading zero
     else:
@@ -187,24 +192,48 @@ cdef inline const char* scan_number(const char* p, const char* end, bint* integr
                 m = m * 10 + d
             else:
                 over = True
+            nd += 1
             p += 1
+    mag[0] = m
     if p < end and p[0] == c'.':
         integral[0] = False
         p += 1
         if p >= end or not (c'0' <= p[0] <= c'9'):
             return NULL
-        p = gw_skip_digits(p + 1, end)
+        while p < end and c'0' <= p[0] <= c'9' and nd < 16:
+            m = m * 10 + <uint64_t>(p[0] - c'0')  # no overflow: at most 16 digits in all
+            nd += 1
+            e10 -= 1
+            p += 1
+        if p < end and c'0' <= p[0] <= c'9':
+            nd = 99  # too many digits for the fast path
+            p = gw_skip_digits(p, end)
     if p < end and (p[0] == c'e' or p[0] == c'E'):
         integral[0] = False
         p += 1
+        eneg = False
         if p < end and (p[0] == c'+' or p[0] == c'-'):
+            eneg = p[0] == c'-'
             p += 1
         if p >= end or not (c'0' <= p[0] <= c'9'):
             return NULL
-        p = gw_skip_digits(p + 1, end)
+        ev = 0
+        en = 0
+        while p < end and c'0' <= p[0] <= c'9' and en < 4:
+            ev = ev * 10 + (p[0] - c'0')
+            en += 1
+            p += 1
+        if p < end and c'0' <= p[0] <= c'9':
+            nd = 99
+            p = gw_skip_digits(p, end)
+        e10 += -ev if eneg else ev
     if over:
         integral[0] = False
-    mag[0] = m
+    if fv != NULL:
+        if nd <= 15 and -22 <= e10 <= 22:
+            fv[0] = (<double>m) / GW_POW10[-e10] if e10 < 0 else (<double>m) * GW_POW10[e10]
+        else:
+            fv[0] = -1.0
     return p
 
 
@@ -320,13 +349,16 @@ cdef const char* scan_shape(const char* p, const char* end, cnp.npy_intp* dims, 
 
 
 cdef inline bint store_leaf(const char* tok, const char* tokend, bint integral, bint neg,
-                            uint64_t mag, int dt, char* out, Py_ssize_t pos) noexcept nogil:
+                            uint64_t mag, int dt, char* out, Py_ssize_t pos, double fv) noexcept nogil:
     """Write one number (``out`` NULL: only check it) as list_to_array would convert orjson's
-    value of it; False where that would fail or we are unsure."""
+    value of it; False where that would fail or we are unsure. ``fv``: the magnitude from
+    scan_number's fast path, or negative (parse the token)."""
     cdef double d
     if dt >= T_FP32:
         if integral and mag == 0:
             d = 0.0  # "-0" is the int 0 to orjson: +0.0, not -0.0
+        elif fv >= 0.0:
+            d = -fv if neg else fv
         elif not gw_parse_double(tok, tokend, &d):
             return False
         if out != NULL:
@@ -370,6 +402,7 @@ cdef const char* scan_data(const char* p, const char* end, int dt, char* out, Py
     cdef const char* tok
     cdef bint integral, neg
     cdef uint64_t mag
+    cdef double fv
     if p >= end or p[0] != c'[':
         return NULL
     p += 1
@@ -411,8 +444,8 @@ cdef const char* scan_data(const char* p, const char* end, int dt, char* out, Py
                     (<uint8_t*>out)[pos] = <uint8_t>b
             else:
                 tok = p
-                p = scan_number(p, end, &integral, &neg, &mag)
-                if p == NULL or (dt != REJECT and not store_leaf(tok, p, integral, neg, mag, dt, out, pos)):
+                p = scan_number(p, end, &integral, &neg, &mag, &fv)
+                if p == NULL or (dt != REJECT and not store_leaf(tok, p, integral, neg, mag, dt, out, pos, fv)):
                     return NULL
             pos += 1
         elif cnt[depth] != 0:
