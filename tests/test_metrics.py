@@ -327,3 +327,23 @@ def test_totals_merge_sums_counters_and_histograms_bucket_wise() -> None:
     assert a.cumulative("rows")[0][-1] == ("+Inf", 4)
     assert a.fail_by_code == {"INVALID_ARGUMENT": 3, "NOT_FOUND": 1}
     assert a.batch_sizes == {1: [7, 11, 22, 33], 2: [1, 1, 1, 1]}
+
+
+def test_http_bodies_are_counted_by_decoder(srv: ServerThread) -> None:
+    """tritonclient's bodies take the native decoder; one it does not cover (an escaped string)
+    and a malformed one go to the interpreted decoder, and both paths answer."""
+    before = scrape(srv)
+    c = httpclient.InferenceServerClient(srv.http_url)
+    c.infer("add_sub", http_inputs())  # binary extension
+    c.infer("add_sub", http_inputs(), outputs=[httpclient.InferRequestedOutput("OUTPUT0", binary_data=False)])
+    row = ",".join(["1"] * 16)
+    escaped = ('{"id":"a\\u0062","inputs":[{"name":"INPUT0","datatype":"FP32","shape":[1,16],"data":[' + row
+               + ']},{"name":"INPUT1","datatype":"FP32","shape":[1,16],"data":[' + row + ']}]}').encode()
+    assert raw_post(srv, "/v2/models/add_sub/infer", escaped) == 200
+    assert raw_post(srv, "/v2/models/add_sub/infer", b'{"inputs": [') == 400
+    after = scrape(srv)
+
+    def moved(path: str) -> float:
+        return value(after, "gateway_http_decode", path=path) - value(before, "gateway_http_decode", path=path)
+
+    assert moved("native") == 2 and moved("general") == 2

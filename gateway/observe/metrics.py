@@ -23,6 +23,7 @@ from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
+from gateway._native.inferjson import counts as decode_counts
 from gateway.backends.triton.backend import TritonBackend
 from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
@@ -324,6 +325,18 @@ def door_families(door: Door) -> list[Metric]:
     return [refused, lag]
 
 
+def decode_families() -> list[Metric]:
+    """Which HTTP infer bodies took the native decoder (this process)."""
+    decoded = CounterMetricFamily(
+        "gateway_http_decode", "HTTP infer request bodies by decoder: native (C, the common shapes) or general "
+        "(interpreted: BYTES or FP16 JSON data, shared memory, escaped strings, other parameters, and every "
+        "malformed body, which it names).", labels=["path"])
+    native, general = decode_counts()
+    decoded.add_metric(["native"], native)
+    decoded.add_metric(["general"], general)
+    return [decoded]
+
+
 class GatewayMetrics:
     """The /metrics document of one gateway: rendered from the data plane's totals at scrape time."""
 
@@ -336,7 +349,7 @@ class GatewayMetrics:
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
         families = (gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic)
-                    + door_families(dp.door) + remote_families(dp) + precomputed_families(dp))
+                    + door_families(dp.door) + remote_families(dp) + precomputed_families(dp) + decode_families())
         return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
 
