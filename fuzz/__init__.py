@@ -30,11 +30,12 @@ TARGETS: dict[str, str] = {
     "grpc_request_grammar": "decode_infer_request on ModelInferRequests built from a grammar",
     "native_jsonnum": "list_to_array / json_tensor against the Python reference",
     "native_bytestensor": "decode_bytes_tensor / encode_bytes_tensor against the struct reference",
+    "native_inferjson": "the native infer-body decoder against the interpreted one (same body format as http_body)",
 }
 """Target name -> what it feeds (the module ``fuzz.<name>`` defines ``one_input``)."""
 
 # libFuzzer dictionaries (tokens it splices into inputs), per target.
-DICTIONARIES: dict[str, str] = {"http_wire": "http.dict", "http_body": "http.dict"}
+DICTIONARIES: dict[str, str] = {"http_wire": "http.dict", "http_body": "http.dict", "native_inferjson": "http.dict"}
 
 
 def load(name: str) -> Callable[[bytes], None]:

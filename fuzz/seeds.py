@@ -240,6 +240,7 @@ def corpus() -> dict[str, dict[str, bytes]]:
     return {
         "http_wire": _wire(),
         "http_body": {name: body_file(body, hlen) for name, (body, hlen) in BODIES.items()},
+        "native_inferjson": {name: body_file(body, hlen) for name, (body, hlen) in BODIES.items()},
         "http_body_grammar": _random("http_body_grammar", 8, (16, 300)),
         "grpc_request": _grpc(),
         "grpc_request_grammar": _random("grpc_request_grammar", 8, (16, 200)),
