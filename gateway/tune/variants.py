@@ -69,7 +69,7 @@ def build_variants(model_path: Path, workdir: Path, sample: Sample, *, cuda: boo
             if PRECISION[name] == "int8":
                 _check_quantized(target)
         except Exception as e:  # a variant that fails is listed with its reason; the others go on
-            msg = f"{type(e).__name__}: {e}"
+            msg = " ".join(f"{type(e).__name__}: {e}".split())  # one line: it goes in a table
             out.append(Variant(name, PRECISION[name], None, 0, msg if len(msg) <= 300 else msg[:297] + "...",
                                time.perf_counter() - start))
             continue
@@ -94,7 +94,9 @@ def _fp32_opt(src: Path, dst: Path, sample: Sample, cuda: bool) -> None:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(dst)
     # fused nodes are assigned to a provider: optimize for the provider that will serve the file
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     ort.InferenceSession(str(src), opts, providers=providers)
     if not dst.exists():
         raise RuntimeError("onnxruntime wrote no optimized model")
