@@ -1,0 +1,1 @@
+"""gateway tune: precision x serving configuration search with an accuracy guard."""
