@@ -25,7 +25,7 @@ LAYERS: dict[str, float] = {
     "dataplane": 4, "compose": 4.5,
     "settings": 5, "logs": 5, "observe": 5, "demo": 5,
     "front": 6,
-    "app": 7, "embedded": 8, "batch": 8, "testing": 8, "admin_cli": 8, "cli": 9, "__main__": 10,
+    "app": 7, "embedded": 8, "batch": 8, "tune": 8, "testing": 8, "admin_cli": 8, "cli": 9, "__main__": 10,
     "loadtest": 5,  # a client: it speaks the wire protocol, never imports the server
 }
 CORE_BELOW = 4  # layers below the data plane speak no wire protocol

@@ -48,7 +48,7 @@ from gateway.loadtest.targets import (
     random_inputs,
 )
 
-__all__ = ["Point", "measure_point", "config_toml"]
+__all__ = ["Point", "measure_point", "measurer", "config_toml"]
 
 READY_TIMEOUT_S = 60.0
 """Longest wait for the server to answer ready (onnxruntime import + load + warm-up)."""
@@ -243,3 +243,13 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
         best = passed[0]
     s = best.summary
     return point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
+
+
+def measurer(model_path: Path, model_name: str, **options: Any) -> Callable[[dict[str, Any], float], Point]:
+    """``measure(config, budget_s)`` for ``search``: ``measure_point`` with the rest fixed
+    (``slo_p99_ms`` is required among ``options``)."""
+
+    def measure(config: dict[str, Any], budget_s: float) -> Point:
+        return measure_point(model_path, model_name, config, budget_s=budget_s, **options)
+
+    return measure
