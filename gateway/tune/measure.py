@@ -152,10 +152,12 @@ def _spec(target: Target, rate: float, step_s: float, timeout: float) -> RunSpec
 
 def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, slo_p99_ms: float,
                   budget_s: float, step_s: float = 2.0, start_rps: float = 500.0, protocol: str = "http-binary",
-                  max_rps: float = 100_000.0, cooldown_s: float = 0.5, batch: int = 1,
+                  max_rps: float = 100_000.0, cooldown_s: float = 0.5, batch: int = 1, retries: int = 1,
                   on_step: Callable[[Step], None] | None = None) -> Point:
     """Serve ``model_path`` with ``config`` and find its knee within ``budget_s`` (wall time, server
-    start and stop included). ``on_step(Step)`` is told each load step (progress display)."""
+    start and stop included). ``retries``: a failing step is measured again up to this often (a
+    shared host stalls now and then; the CLI's ``--retries``). ``on_step(Step)`` is told each load
+    step (progress display)."""
     t0 = time.monotonic()
     deadline = t0 + budget_s
     cfg = dict(config)
@@ -188,7 +190,7 @@ def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, 
             return point(error=why)
         return _knee(proc, log, parse_target(f"127.0.0.1:{port}", protocol, model_name), point, deadline,
                      slo_p99_ms=slo_p99_ms, step_s=step_s, start_rps=start_rps, max_rps=max_rps,
-                     cooldown_s=cooldown_s, batch=batch, on_step=on_step)
+                     cooldown_s=cooldown_s, batch=batch, retries=retries, on_step=on_step)
     except Exception as exc:  # a Point, never an exception: the search goes on with the next config
         return point(error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -199,7 +201,7 @@ def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, 
 
 def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Callable[..., Point], deadline: float, *,
           slo_p99_ms: float, step_s: float, start_rps: float, max_rps: float, cooldown_s: float, batch: int,
-          on_step: Callable[[Step], None] | None) -> Point:
+          retries: int, on_step: Callable[[Step], None] | None) -> Point:
     info = fetch_model_info(target)
     rng = np.random.default_rng(0)
     samples = [random_inputs(info, batch, {}, rng) for _ in range(8)]
@@ -209,6 +211,11 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
     timeout = min(10.0, max(1.0, 20 * slo_p99_ms / 1000))
     passed: list[Step] = []
     first = [True]
+    # An unjudged warm-up: the first requests after ready pay one-time costs (onnxruntime's first
+    # run of each batch shape, the server's first connections) that are no property of the config.
+    warm = min(0.5, step_s / 2)
+    if time.monotonic() + warm + 1.0 <= deadline:
+        run_load(_spec(target, start_rps, warm, timeout), reqs)
 
     def measure(rate: float) -> dict[str, Any]:
         pause = 0.0 if first[0] else cooldown_s
@@ -230,7 +237,8 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
             on_step(step)
 
     try:
-        res = find_knee(measure, slo, start_rps=start_rps, max_rps=max(max_rps, start_rps), on_step=seen)
+        res = find_knee(measure, slo, start_rps=start_rps, max_rps=max(max_rps, start_rps), retries=retries,
+                        on_step=seen)
         best = next((s for s in res.steps if s.passed and s.rate == res.knee_rps), None)
         if best is None:
             why = res.steps[0].reasons if res.steps else []
