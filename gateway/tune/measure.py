@@ -9,7 +9,8 @@ runs built from the same parts ``gateway loadtest sweep`` uses.
 Caveat: the load generator is one process (procs=1) on the same machine, so it shares the cores
 with the server; a knee near what one generator loop can send (a few thousand requests/s) says
 "at least this much". The comparison between configurations stays fair: every one is measured
-the same way.
+the same way. The generator runs in the calling process: call it from a process of its own
+(``gateway tune`` is one), not from one whose other threads keep the GIL busy.
 
 Budget: a step is started only when it (plus its cooldown and drain) fits before the deadline;
 past it the search stops and the best passing rate so far is the answer. Failures (server does
