@@ -1,5 +1,6 @@
-"""The ``gateway`` command: ``serve`` (the server), ``loadtest`` (the load generator) and ``admin``
-(traffic policies on a running server)."""
+"""The ``gateway`` command: ``serve`` (the server), ``loadtest`` (the load generator), ``admin``
+(traffic policies on a running server), ``batch`` (offline scoring) and ``tune`` (precision x
+serving configuration at an SLO)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 
 from gateway import __version__, admin_cli
 from gateway.batch import cli as batch_cli
+from gateway.tune import cli as tune_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("loadtest", help="load-test any KServe v2 server (see `gateway loadtest --help`)")
     admin_cli.add_parser(sub)
     batch_cli.add_parser(sub)
+    tune_cli.add_parser(sub)
     demo = sub.add_parser("demo", help="the demo models (generated in code)")
     demo_sub = demo.add_subparsers(dest="demo_command", required=True)
     export = demo_sub.add_parser("export", help="write the demo repository to DIR (Triton layout)")
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return admin_cli.run(args)
     if args.command == "batch":
         return batch_cli.run(args)
+    if args.command == "tune":
+        return tune_cli.run(args)
     if args.command == "demo":
         from gateway.demo import build_demo_repository
 

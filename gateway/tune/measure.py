@@ -70,6 +70,8 @@ class Point:
     seconds: float
     offered_rps: float = 0.0
     """The offered rate at the knee (``throughput_rps`` is what was answered of it)."""
+    bounded: bool = False
+    """True when the budget ran out before a step failed: ``throughput_rps`` is a lower bound."""
 
 
 class _OutOfBudget(Exception):
@@ -94,6 +96,10 @@ def config_toml(config: dict[str, Any]) -> str:
             raise ValueError(f"config key {key!r}: {value!r} is not a TOML scalar")
         lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"
+
+
+PROBE_CONCURRENCY = 32
+"""Requests in flight during the closed-loop capacity probe that starts each point."""
 
 
 def _free_port() -> int:
@@ -212,11 +218,18 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
     timeout = min(10.0, max(1.0, 20 * slo_p99_ms / 1000))
     passed: list[Step] = []
     first = [True]
-    # An unjudged warm-up: the first requests after ready pay one-time costs (onnxruntime's first
-    # run of each batch shape, the server's first connections) that are no property of the config.
-    warm = min(0.5, step_s / 2)
+    # An unjudged warm-up that doubles as a capacity probe: a short closed loop (the first requests
+    # after ready pay one-time costs, onnxruntime's first run of each batch shape, the server's first
+    # connections, that are no property of the config). The ramp then starts at half what the closed
+    # loop got and climbs by 1.25x, so the knee is found in a handful of steps whatever the model's
+    # speed, instead of climbing from a fixed rate that a small budget never gets past.
+    warm = min(1.0, max(0.5, step_s / 2))
     if time.monotonic() + warm + 1.0 <= deadline:
-        run_load(_spec(target, start_rps, warm, timeout), reqs)
+        probe = run_load(RunSpec(target=target, mode="closed", concurrency=PROBE_CONCURRENCY, duration=warm,
+                                 procs=1, timeout=timeout, interval=1.0), reqs)
+        got = float(probe.get("achieved_rps") or 0.0)
+        if got > 0:
+            start_rps = 0.5 * got
 
     def measure(rate: float) -> dict[str, Any]:
         pause = 0.0 if first[0] else cooldown_s
@@ -238,8 +251,8 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
             on_step(step)
 
     try:
-        res = find_knee(measure, slo, start_rps=start_rps, max_rps=max(max_rps, start_rps), retries=retries,
-                        on_step=seen)
+        res = find_knee(measure, slo, start_rps=start_rps, max_rps=max(max_rps, start_rps), factor=1.25,
+                        refine=2, retries=retries, on_step=seen)
         best = next((s for s in res.steps if s.passed and s.rate == res.knee_rps), None)
         if best is None:
             why = res.steps[0].reasons if res.steps else []
@@ -250,6 +263,10 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
         if not passed:
             return point(error="out of budget before any rate met the SLO")
         best = passed[0]
+        s = best.summary
+        p = point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
+        p.bounded = True  # no step failed before the budget ran out: the knee is at least this
+        return p
     s = best.summary
     return point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
 
