@@ -184,7 +184,9 @@ def tune(args: argparse.Namespace) -> int:
         row.config, row.throughput_rps, row.p99_ms = dict(best.config), best.throughput_rps, best.p99_ms
         row.bounded = best.bounded
         row.cores = cores_of(row.config, cpus)
-        row.cost_per_million = cost_per_million(row.throughput_rps, row.cores, args.core_hour_price)
+        # on CUDA a replica is billed as one GPU (its host cores aside); on CPU by the cores it keeps busy
+        row.cost_per_million = (cost_per_million(row.throughput_rps, 1, args.gpu_hour_price) if cuda
+                                else cost_per_million(row.throughput_rps, row.cores, args.core_hour_price))
     mark_pareto(rows)
     chosen = recommend(rows)
     advice = _advice(rows, chosen, cuda, sample.real)
@@ -192,6 +194,7 @@ def tune(args: argparse.Namespace) -> int:
            "budget_s": args.budget_s, "elapsed_s": round(time.monotonic() - t0, 1),
            "data": {"source": sample.source, "real": sample.real, "rows": sample.rows},
            "machine": {"cpus": cpus, "cuda": cuda}, "core_hour_price": args.core_hour_price,
+           "gpu_hour_price": args.gpu_hour_price, "price_basis": "gpu-hour" if cuda else "core-hour",
            "tolerance": {"max_abs_diff": args.max_abs_diff, "min_argmax_agreement": args.min_argmax_agreement},
            "variants": [r.to_doc() for r in rows], "recommended": chosen.name if chosen else None,
            "advice": advice}
