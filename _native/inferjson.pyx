@@ -271,6 +271,14 @@ cdef inline const char* after_key(const char* p, const char* end) noexcept nogil
     return ws(p + 1, end)
 
 
+cdef inline const char* scan_key(const char* p, const char* end, const char** s, Py_ssize_t* n) noexcept nogil:
+    """An object member's key (into ``s``/``n``), and past the ``:`` after it."""
+    p = scan_string(p, end, s, n)
+    if p == NULL:
+        return NULL
+    return after_key(p, end)
+
+
 cdef inline const char* next_member(const char* p, const char* end, char close,
                                     bint* more) noexcept nogil:
     """After a value: past ``,`` (``more``) or the closing bracket."""
@@ -525,10 +533,7 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
         return None
     more = True
     while more:
-        p = scan_string(p, end, &s, &n)
-        if p == NULL:
-            return None
-        p = after_key(p, end)
+        p = scan_key(p, end, &s, &n)
         if p == NULL:
             return None
         if key_is(s, n, b"inputs", 6):
@@ -552,10 +557,7 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
                 count = 0
                 bsize = 0
                 while True:
-                    p = scan_string(p, end, &s, &n)
-                    if p == NULL:
-                        return None
-                    p = after_key(p, end)
+                    p = scan_key(p, end, &s, &n)
                     if p == NULL:
                         return None
                     if key_is(s, n, b"name", 4) and not seen & 1:
@@ -655,10 +657,7 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
                 name = None
                 flag = -1
                 while True:
-                    p = scan_string(p, end, &s, &n)
-                    if p == NULL:
-                        return None
-                    p = after_key(p, end)
+                    p = scan_key(p, end, &s, &n)
                     if p == NULL:
                         return None
                     if key_is(s, n, b"name", 4) and not seen & 1:
@@ -711,10 +710,7 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
             omore = not empty
             seen = 0
             while omore:
-                p = scan_string(p, end, &s, &n)
-                if p == NULL:
-                    return None
-                p = after_key(p, end)
+                p = scan_key(p, end, &s, &n)
                 if p == NULL:
                     return None
                 if key_is(s, n, b"binary_data_output", 18) and not seen & 1:
