@@ -143,6 +143,9 @@ def test_desired_replicas_follow_a_known_rate(scaled_repo: Path) -> None:
 
         assert samples(during, "gateway_desired_replicas", model="mlp") == [math.ceil(RATE / (200 * 0.5))]
         assert samples(during, "gateway_capacity_rps", model="mlp") == [200.0]
+        [demand] = samples(during, "gateway_replica_demand", model="mlp")
+        assert demand == pytest.approx(RATE / (200 * 0.5), rel=0.15)  # unrounded: 2.5
+        assert samples(during, "gateway_replica_demand", model="plain") == []
         assert samples(during, "gateway_desired_replicas", model="plain") == []
         assert samples(during, "gateway_capacity_rps", model="plain") == []
         [fill] = samples(during, "gateway_batch_fill_ratio", model="mlp", version="1")

@@ -151,12 +151,17 @@ def autoscale_families(dp: DataPlane, totals: dict[tuple[str, str], Totals],
                                 "max(1, ceil(load / (capacity_rps x capacity_headroom))), load being the "
                                 f"requests per second the whole server answered over the last ~{window.window_s:g} s "
                                 "(every version and worker).", labels=["model"])
+    demand = GaugeMetricFamily("gateway_replica_demand",
+                               "load / (capacity_rps x capacity_headroom), unrounded: the replicas this "
+                               "server's share of the load asks for. Summed over replicas and rounded up it is "
+                               "the fleet's desired count (what autoscalers should read).", labels=["model"])
     for name, cfg in sorted(configs.items()):
         if cfg.capacity_rps > 0:
+            rps = load.get(name, 0.0)
             capacity.add_metric([name], cfg.capacity_rps)
-            desired.add_metric([name], desired_replicas(load.get(name, 0.0), cfg.capacity_rps,
-                                                        cfg.capacity_headroom))
-    return [wait, fill, capacity, desired]
+            desired.add_metric([name], desired_replicas(rps, cfg.capacity_rps, cfg.capacity_headroom))
+            demand.add_metric([name], rps / (cfg.capacity_rps * cfg.capacity_headroom))
+    return [wait, fill, capacity, desired, demand]
 
 
 def triton_families(totals: dict[tuple[str, str], Totals]) -> list[tuple[str, str, str, list[Sample]]]:
