@@ -164,3 +164,29 @@ def test_desired_replicas_follow_a_known_rate(scaled_repo: Path) -> None:
                 break
         assert desired == 1
         assert time.monotonic() - stopped <= WINDOW_S + 1.5
+
+
+def test_load_counts_the_other_workers(scaled_repo: Path) -> None:
+    """With --workers N the rates come from the merged totals: a peer's snapshot (as its timer
+    writes it) that grows between two scrapes is load, though this process answered nothing."""
+    with ServerThread(repository=scaled_repo) as srv:
+        assert srv.app is not None
+        srv.app.metrics.window.window_s = WINDOW_S
+        peer = {"answered": 0}
+
+        def peers() -> list[dict[str, Any]]:
+            t = Totals(success_count=peer["answered"])
+            return [{"worker": 1, "written_at": time.time(), "versions": [["mlp", "1", t.to_doc()]],
+                     "unresolved": []}]
+
+        srv.dataplane.peers = peers
+        scrape(srv)
+        t1 = time.monotonic()
+        time.sleep(WINDOW_S + 0.1)
+        peer["answered"] = 1000
+        fams = scrape(srv)
+        dt = time.monotonic() - t1
+        assert samples(fams, "gateway_workers_reporting") == [2]
+        [demand] = samples(fams, "gateway_replica_demand", model="mlp")
+        assert 1000 / (dt + 0.05) / 100 <= demand <= 1000 / (WINDOW_S + 0.1 - 0.05) / 100
+        assert samples(fams, "gateway_desired_replicas", model="mlp") == [math.ceil(demand)]
