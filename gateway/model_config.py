@@ -164,6 +164,13 @@ class ModelConfig:
     """Set when backend = "triton"."""
     precomputed: PrecomputedConfig | None = None
     """``[precomputed]``: the hybrid route (stored predictions, live fallback)."""
+    # ---- autoscaling signals (read at scrape time only) ----
+    capacity_rps: float = 0.0
+    """Requests per second one replica serves within its SLO (``gateway tune`` or a sweep's knee);
+    0: unknown (no ``gateway_desired_replicas`` for this model)."""
+    capacity_headroom: float = 0.7
+    """The share of ``capacity_rps`` a replica should run at (0 < h <= 1): desired replicas =
+    ceil(load / (capacity_rps x headroom))."""
 
     @property
     def default_level(self) -> int:
@@ -198,6 +205,8 @@ _FIELDS = {
                               "breaker_failures", "breaker_open_s", "channels", "batching")),
     "endpoints",
     "precomputed",
+    "capacity_rps",
+    "capacity_headroom",
 }
 BACKENDS = ("onnxruntime", "triton")
 
@@ -263,6 +272,7 @@ def parse_config(name: str, raw: Mapping[str, Any]) -> ModelConfig:
     if "version_policy" in raw:
         values["version_policy"] = _parse_policy(raw["version_policy"], fail)
     _parse_admission(raw, fail, values)
+    _parse_capacity(raw, fail, values)
     _parse_remote(name, raw, fail, values)
     if "precomputed" in raw:
         values["precomputed"] = _parse_precomputed(raw["precomputed"], fail)
@@ -302,6 +312,20 @@ def _parse_admission(raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) 
                 raise fail("priority_queue_size", f"[{k!r}] must be a positive number of rows, got {v!r}")
             sizes.append((level, v))
         values["priority_queue_size"] = tuple(sorted(sizes))
+
+
+def _parse_capacity(raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) -> None:
+    """capacity_rps (>= 0; 0 = unknown) and capacity_headroom (0 < h <= 1)."""
+    if "capacity_rps" in raw:
+        v = raw["capacity_rps"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0 or v == float("inf"):
+            raise fail("capacity_rps", f"must be a non-negative number of requests per second (0: unknown), got {v!r}")
+        values["capacity_rps"] = float(v)
+    if "capacity_headroom" in raw:
+        v = raw["capacity_headroom"]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+            raise fail("capacity_headroom", f"must be a number in (0, 1], got {v!r}")
+        values["capacity_headroom"] = float(v)
 
 
 def _parse_remote(name: str, raw: Mapping[str, Any], fail: Any, values: dict[str, Any]) -> None:

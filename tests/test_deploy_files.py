@@ -149,3 +149,48 @@ def test_k8s_remote_gateway_lists_every_triton_pod_and_serves_the_configmap() ->
     drain = float(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_DRAIN_S"))
     grace = float(next(e["value"] for e in c["env"] if e["name"] == "GATEWAY_SHUTDOWN_GRACE_S"))
     assert pod["terminationGracePeriodSeconds"] > sleep + drain + grace
+
+
+def _gauges() -> set[str]:
+    """The gauge families /metrics exports (read from their definitions)."""
+    src = (DOCKER.parent / "gateway" / "observe" / "metrics.py").read_text()
+    return set(re.findall(r'GaugeMetricFamily\(\s*"(\w+)"', src))
+
+
+def _deployment_name() -> str:
+    (dep,) = _k8s()["Deployment"]
+    return dep["metadata"]["name"]
+
+
+def test_k8s_hpa_scales_the_deployment_on_the_replica_demand() -> None:
+    docs = {d["kind"]: d for d in yaml.safe_load_all((DOCKER / "k8s" / "hpa.yaml").read_text())}
+    hpa = docs["HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == ("apps/v1", "Deployment", _deployment_name())
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (m,) = hpa["spec"]["metrics"]
+    assert m["type"] == "Pods"  # per-pod shares, averaged then multiplied back by the pod count
+    assert m["pods"]["metric"]["name"] == "gateway_replica_demand" in _gauges()
+    assert m["pods"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+    # the adapter rule exposes that same series per pod
+    rules = yaml.safe_load(docs["ConfigMap"]["data"]["config.yaml"])["rules"]
+    named = {r["name"]["as"]: r for r in rules}
+    assert {"gateway_replica_demand", "gateway_desired_replicas"} <= set(named) <= _gauges()
+    for r in rules:
+        assert set(r["resources"]["overrides"]) == {"namespace", "pod"}
+        assert r["name"]["as"] in r["seriesQuery"]
+
+
+def test_k8s_keda_scales_the_deployment_to_the_summed_demand() -> None:
+    (so,) = list(yaml.safe_load_all((DOCKER / "k8s" / "keda.yaml").read_text()))
+    assert (so["apiVersion"], so["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    target = so["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", _deployment_name())
+    (trig,) = so["spec"]["triggers"]
+    assert trig["type"] == "prometheus"
+    md = trig["metadata"]
+    assert float(md["threshold"]) == 1.0 and md.get("metricType", "AverageValue") == "AverageValue"
+    metric = re.search(r"sum\((\w+)\{", md["query"])
+    assert metric is not None and metric.group(1) == "gateway_replica_demand" in _gauges()
+    assert md["serverAddress"].startswith("http")

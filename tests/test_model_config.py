@@ -37,6 +37,12 @@ from gateway.repository.registry import ModelRegistry
     ({"priority_queue_size": {"1": 5}}, "priority_queue_size"),  # no levels
     ({"priority_aging_us": 0}, "priority_aging_us"),
     ({"max_queue_wait_us": 1.5}, "max_queue_wait_us"),
+    ({"capacity_rps": -1}, "capacity_rps"),
+    ({"capacity_rps": "200"}, "capacity_rps"),
+    ({"capacity_rps": float("nan")}, "capacity_rps"),
+    ({"capacity_headroom": 0}, "capacity_headroom"),
+    ({"capacity_headroom": 1.5}, "capacity_headroom"),
+    ({"capacity_headroom": True}, "capacity_headroom"),
 ])
 def test_bad_fields_are_named(raw: dict, field: str) -> None:
     with pytest.raises(ConfigError, match=f"'{field}'"):
@@ -50,6 +56,14 @@ def test_priority_and_admission_fields() -> None:
     assert c.default_level == 3  # unset: the lowest level
     assert parse_config("m", {"priority_levels": 3, "default_priority_level": 1}).default_level == 1
     assert parse_config("m", {}).default_level == 1 and parse_config("m", {}).priority_aging_us == 1_000_000
+
+
+def test_capacity_fields() -> None:
+    cfg = parse_config("m", {"capacity_rps": 200, "capacity_headroom": 0.5})
+    assert (cfg.capacity_rps, cfg.capacity_headroom) == (200.0, 0.5)
+    default = parse_config("m", {})
+    assert (default.capacity_rps, default.capacity_headroom) == (0.0, 0.7)  # 0: capacity unknown
+    assert parse_config("m", {"capacity_headroom": 1}).capacity_headroom == 1.0
 
 
 def test_version_policies() -> None:

@@ -27,6 +27,7 @@ from gateway._native.inferjson import counts as decode_counts
 from gateway.backends.triton.backend import TritonBackend
 from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
+from gateway.observe.autoscale import WINDOW_S, Window, desired_replicas
 from gateway.observe.stats import STAGES, Totals, cumulative_buckets
 from gateway.pipeline.door import Door
 from gateway.pipeline.precomputed import AGE_BUCKETS
@@ -122,6 +123,45 @@ def gateway_families(totals: dict[tuple[str, str], Totals], unresolved: dict[tup
     age.add_metric([], max((max(0.0, now - float(d.get("written_at", now))) for d in peers), default=0.0))
     return [requests, latency, batch, release, depth, in_flight, executions, coalesced, shared, hits, misses,
             evictions, cache_bytes, workers, age]
+
+
+def autoscale_families(dp: DataPlane, totals: dict[tuple[str, str], Totals],
+                       unresolved: dict[tuple[str, str], int], window: Window, now: float) -> list[Metric]:
+    """Autoscaling signals over the recent window (``observe.autoscale``), from the merged totals:
+    per version queue-wait p95 and batch fill; per model with a ``capacity_rps`` the configured
+    capacity and the replica count the window's load asks for."""
+    per_version, load = window.observe(now, totals, unresolved)
+    configs = {mv.name: mv.config for mv in dp.registry.versions()}  # the versions of a model share it
+    labels = ["model", "version"]
+    wait = GaugeMetricFamily("gateway_queue_wait_p95_seconds",
+                             f"95th percentile of the queue stage over the last ~{window.window_s:g} s "
+                             "(0 when nothing waited).", labels=labels)
+    fill = GaugeMetricFamily("gateway_batch_fill_ratio",
+                             f"Mean rows per executed batch over the last ~{window.window_s:g} s, over "
+                             "max_batch_size (0 when no batch ran; absent without batching).", labels=labels)
+    for (name, version), w in sorted(per_version.items()):
+        wait.add_metric([name, version], w.queue_wait_p95_s)
+        cfg = configs.get(name)
+        if cfg is not None and cfg.max_batch_size > 0:
+            fill.add_metric([name, version], min(1.0, w.mean_rows / cfg.max_batch_size))
+    capacity = GaugeMetricFamily("gateway_capacity_rps",
+                                 "Requests per second one replica serves (config.toml capacity_rps); absent "
+                                 "when unknown.", labels=["model"])
+    desired = GaugeMetricFamily("gateway_desired_replicas",
+                                "max(1, ceil(load / (capacity_rps x capacity_headroom))), load being the "
+                                f"requests per second the whole server answered over the last ~{window.window_s:g} s "
+                                "(every version and worker).", labels=["model"])
+    demand = GaugeMetricFamily("gateway_replica_demand",
+                               "load / (capacity_rps x capacity_headroom), unrounded: the replicas this "
+                               "server's share of the load asks for. Summed over replicas and rounded up it is "
+                               "the fleet's desired count (what autoscalers should read).", labels=["model"])
+    for name, cfg in sorted(configs.items()):
+        if cfg.capacity_rps > 0:
+            rps = load.get(name, 0.0)
+            capacity.add_metric([name], cfg.capacity_rps)
+            desired.add_metric([name], desired_replicas(rps, cfg.capacity_rps, cfg.capacity_headroom))
+            demand.add_metric([name], rps / (cfg.capacity_rps * cfg.capacity_headroom))
+    return [wait, fill, capacity, desired, demand]
 
 
 def triton_families(totals: dict[tuple[str, str], Totals]) -> list[tuple[str, str, str, list[Sample]]]:
@@ -340,15 +380,18 @@ def decode_families() -> list[Metric]:
 class GatewayMetrics:
     """The /metrics document of one gateway: rendered from the data plane's totals at scrape time."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, window_s: float = WINDOW_S) -> None:
         self.dataplane = dataplane
+        self.window = Window(time.monotonic(), window_s)  # the autoscaling signals' ring of points
 
     def render(self) -> bytes:
         dp = self.dataplane
         peers = dp.peer_docs()  # read once per scrape
         totals = dp.version_totals(peers=peers)
         unresolved = dp.unresolved_totals(peers=peers)
-        families = (gateway_families(totals, unresolved, peers) + traffic_families(dp.traffic)
+        families = (gateway_families(totals, unresolved, peers)
+                    + autoscale_families(dp, totals, unresolved, self.window, time.monotonic())
+                    + traffic_families(dp.traffic)
                     + door_families(dp.door) + remote_families(dp) + precomputed_families(dp) + decode_families())
         return (generate_latest(_Families(families))  # type: ignore[arg-type]
                 + _write_exact(triton_families(totals)))
