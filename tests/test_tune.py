@@ -53,7 +53,7 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     # its own process, as a user runs it: the load generator runs in tune's process, and pytest's
     # (threads left by earlier tests) would compete with it for the GIL
     r = subprocess.run([sys.executable, "-m", "gateway", "tune", "--model-repository", str(repo), "-m", "mlp",
-                        "--slo-p99-ms", "50", "--budget-s", str(budget), "--out", str(out),
+                        "--slo-p99-ms", "200", "--budget-s", str(budget), "--out", str(out),
                         "--variants", "fp32,int8-dynamic", "--step-s", "1"],
                        capture_output=True, text=True, timeout=budget + 60)
     elapsed = time.monotonic() - t0
@@ -73,7 +73,7 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     measured = [v for v in doc["variants"] if v["throughput_rps"] > 0]
     assert measured, doc["variants"]
     for v in measured:
-        assert v["p99_ms"] <= 50 and v["config"] and v["cost_per_million"] > 0 and v["points"]
+        assert v["p99_ms"] <= 200 and v["config"] and v["cost_per_million"] > 0 and v["points"]
     assert any(v["pareto"] for v in measured)
     assert (out / "report.html").read_text().count("<tr>") == 3
     # the recommended variant, as written: a new version beside the model's config
@@ -81,7 +81,7 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     vdir = Path(doc["recommended_version"]["dir"])
     assert vdir.name == "2" and (vdir / "model.onnx").is_file()
     config = (vdir.parent / "config.toml").read_text()
-    for key in ("max_batch_size", "execution", "instances"):
+    for key in ("max_batch_size", "execution", "instances", "capacity_rps"):
         assert f"{key} =" in config
     served = tmp_path / "served"
     shutil.copytree(vdir.parent, served / "mlp")

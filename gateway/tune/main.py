@@ -199,8 +199,10 @@ def tune(args: argparse.Namespace) -> int:
            "variants": [r.to_doc() for r in rows], "recommended": chosen.name if chosen else None,
            "advice": advice}
     if chosen is not None and chosen.path is not None:
+        # capacity_rps: what the autoscaling signals divide the load by (gateway_desired_replicas)
+        tuned = {**(chosen.config or {}), "capacity_rps": round(chosen.throughput_rps, 1)}
         vdir = copy_recommended(out, args.model, next_version, Path(chosen.path), repo / args.model / "config.toml",
-                                chosen.config or {})
+                                tuned)
         doc["recommended_version"] = {"version": next_version, "dir": str(vdir)}
     files = write_reports(out, doc, rows)
     if not args.quiet:
