@@ -103,8 +103,9 @@ def test_workers_share_the_ports_and_stop_together() -> None:
             body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/models/mlp", timeout=10).read()
             assert json.loads(body)["name"] == "mlp"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        rc = proc.wait(60)
         out = proc.stdout.read() if proc.stdout else ""
+        assert rc == 0, out[-3000:]
         assert out.count("gateway ready") == 2
     finally:
         if proc.poll() is None:
