@@ -56,9 +56,6 @@ while _tok[0]:
     TOKEN[_tok[0]] = 1
     _tok += 1
 
-cdef bytes _GET = b"GET"
-cdef bytes _POST = b"POST"
-cdef bytes _HEAD_M = b"HEAD"
 cdef bytes _EMPTY = b""
 cdef dict _METHODS = {m: m for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")}
 

@@ -4,7 +4,6 @@ capacity and headroom ask for, and the count falls back to 1 once the load stops
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import math
 import threading
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from models import mlp_model, write_model
-from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import scrape
 
 from gateway.observe.autoscale import Window, desired_replicas, quantile
 from gateway.observe.stats import LATENCY_BUCKETS, Totals
@@ -98,16 +97,6 @@ async def _open_loop(port: int, rate: float, seconds: float, conns: int, answere
         writer.close()
 
     await asyncio.gather(*(one(k) for k in range(conns)))
-
-
-def scrape(s: ServerThread) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", s.http_port, timeout=30)
-    conn.request("GET", "/metrics")
-    r = conn.getresponse()
-    text = r.read().decode()
-    conn.close()
-    assert r.status == 200
-    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
 def samples(fams: dict[str, Any], family: str, **labels: str) -> list[float]:
