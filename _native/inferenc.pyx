@@ -263,7 +263,13 @@ cdef bytes out_head(str name, object dtype):
 cdef object encode(object resp, object binary, bytes extra):
     """The body (``extra`` None) or the whole HTTP answer; see ``encode_body``/``http_response``.
     Returns (bytes, header length or -1), or None for outputs that are not numpy arrays."""
-    cdef dict outputs = resp.outputs
+    return encode_parts(resp.model_name, resp.model_version, resp.outputs, resp.id, resp.parameters,
+                        binary, extra)
+
+
+cdef object encode_parts(object model_name, object model_version, dict outputs, object rid, object params,
+                         object binary, bytes extra):
+    """``encode`` of a response given by its fields (the lane has no InferResponse to give)."""
     cdef list refs = []  # per output: original array, head fragment, data object, code
     cdef cnp.ndarray arr, data
     cdef int code
@@ -272,22 +278,20 @@ cdef object encode(object resp, object binary, bytes extra):
     cdef Py_ssize_t est, jlen, blen, bins = 0, off = 0, hlen, n, i
     cdef bytes rid_frag = None, params_frag = None, head
     cdef object raw
-    key = (resp.model_name, resp.model_version)
+    key = (model_name, model_version)
     cdef object model_head = _HEADS.get(key)
     if model_head is None:
         if len(_HEADS) >= CACHE_MAX:
             _HEADS.clear()
-        frag = <bytes>_dumps({"model_name": resp.model_name, "model_version": resp.model_version})
+        frag = <bytes>_dumps({"model_name": model_name, "model_version": model_version})
         model_head = _HEADS[key] = frag[:len(frag) - 1]
     est = PyBytes_GET_SIZE(model_head) + 16  # ,"outputs":[ ... ]}
-    rid = resp.id
     if rid:
         if type(rid) is str and plain_ascii(<str>rid):
             est += 8 + len(<str>rid)
         else:
             rid_frag = _dumps(rid)
             est += 6 + PyBytes_GET_SIZE(rid_frag)
-    params = resp.parameters
     if params:
         params_frag = _dumps(params, option=_NUMPY_OPT)
         est += 14 + PyBytes_GET_SIZE(params_frag)
@@ -442,4 +446,11 @@ def http_response(resp, binary, bytes extra not None):
     inference-header-content-length, content-length, ``extra`` (header lines, each ending in
     CRLF; may be empty), the blank line and the body. None where ``encode_body`` is None."""
     r = encode(resp, binary, extra)
+    return None if r is None else r[0]
+
+
+def http_answer(model_name, model_version, dict outputs not None, rid, binary, bytes extra not None):
+    """``http_response`` for the response ``InferResponse(model_name, model_version, outputs, rid)``
+    without making it (the native lane's answers)."""
+    r = encode_parts(model_name, model_version, outputs, rid, None, binary, extra)
     return None if r is None else r[0]

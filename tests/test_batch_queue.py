@@ -215,19 +215,19 @@ def test_model_of_priority_order_and_rows_ahead(ops: list[tuple[str, int, int, b
         else:
             q.expire(now)
             live = [p for p in live if p.queue is not None]
-            want = sorted(live, key=lambda p: (p.key, p.arrival))
+            want = sorted(live, key=lambda p: (p.rank, p.arrival))
             got = q.next_batch(now)
             if not want:
                 assert got is None
                 continue
             assert got is not None
             batch = got[0]
-            assert [p.key for p in batch] == [p.key for p in want[: len(batch)]]
+            assert [p.rank for p in batch] == [p.rank for p in want[: len(batch)]]
             assert sum(p.rows for p in batch) <= 4
             assert len(batch) == len(want) or sum(p.rows for p in batch) + want[len(batch)].rows > 4
             live = [p for p in live if p not in batch]
         for lv in (1, 2, 3):
-            brute = sum(p.rows for p in live if p.key <= now + (lv - 1) * aging)
+            brute = sum(p.rows for p in live if p.rank <= now + (lv - 1) * aging)
             assert q.rows_ahead(lv, now) == brute
         assert q.rows == sum(p.rows for p in live)
 

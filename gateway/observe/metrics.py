@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from gateway._native.inferjson import counts as decode_counts
+from gateway._native.lane import counts as lane_counts
 from gateway.backends.triton.backend import TritonBackend
 from gateway.backends.triton.endpoint import LATENCY_BUCKETS
 from gateway.dataplane import DataPlane
@@ -374,7 +375,14 @@ def decode_families() -> list[Metric]:
     native, general = decode_counts()
     decoded.add_metric(["native"], native)
     decoded.add_metric(["general"], general)
-    return [decoded]
+    lane = CounterMetricFamily(
+        "gateway_http_lane", "HTTP infer requests by request path: lane (the version's native lane, from decode "
+        "to queue and back in C) or general (the Python stages: traffic policies, compression, shared memory, "
+        "caches, priorities, joining a flight, and every refusal, which they name).", labels=["path"])
+    taken, general = lane_counts()
+    lane.add_metric(["lane"], taken)
+    lane.add_metric(["general"], general)
+    return [decoded, lane]
 
 
 class GatewayMetrics:

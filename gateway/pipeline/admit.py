@@ -15,7 +15,8 @@ whatever is admitted is work that will be answered in time, and the backend's ti
 work only; an overloaded model sheds the excess at the door instead of serving everything late.
 
 ``InflightCap`` bounds, server-wide, infer requests admitted and not yet answered and their tensor
-bytes; the data plane claims from it before routing (see ``DataPlane.submit``).
+bytes; the data plane claims from it before routing (see ``DataPlane.submit``). It and its claim
+(``Held``) are native (``gateway._native.lane``): the lane claims without a Python call.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from gateway._native.lane import Held, InflightCap
 from gateway.errors import Code, GatewayError, invalid
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
 from gateway.pipeline.batch_queue import INF
 from gateway.pipeline.batcher import Batcher
-from gateway.pipeline.target import NO_TICKET, Done, Ticket
+from gateway.pipeline.target import Done, Ticket
 from gateway.pipeline.validate import Signature, check_request
-from gateway.types import InferRequest, InferResponse
+from gateway.types import InferRequest
 
 
 class Admit:
@@ -123,66 +125,4 @@ class Admit:
                             retry_after_s=max(1, math.ceil(max(past_deadline, past_slo))))
 
 
-class InflightCap:
-    """Server-wide bound on infer requests admitted and not yet answered (``max_inflight_requests``)
-    and on their tensor bytes (``max_inflight_bytes``; a request alone is always let in, or one
-    larger than the bound could never be served). 0: no bound. Mutated on the loop thread only."""
-
-    __slots__ = ("max_requests", "max_bytes", "requests", "bytes")
-
-    def __init__(self, max_requests: int = 0, max_bytes: int = 0) -> None:
-        self.max_requests = max_requests or 1 << 62
-        self.max_bytes = max_bytes or 1 << 62
-        self.requests = 0
-        self.bytes = 0
-
-    def hold(self, request: InferRequest, done: Done) -> Held:
-        """Claim a place for ``request`` or raise RESOURCE_EXHAUSTED; the claim is what the target
-        calls back (it passes the answer on) and the ticket the front cancels: either releases it."""
-        size = 0
-        for a in request.inputs.values():
-            size += a.nbytes
-        if self.requests >= self.max_requests:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"server holds {self.requests} infer requests (max_inflight_requests): retry later",
-                               retry_after_s=1)
-        if self.bytes + size > self.max_bytes and self.requests:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"server holds {self.bytes} bytes of infer requests; this one ({size} bytes) would "
-                               f"pass max_inflight_bytes ({self.max_bytes}): retry later", retry_after_s=1)
-        self.requests += 1
-        self.bytes += size
-        return Held(self, done, size)
-
-
-class Held:
-    """One request's claim on the ``InflightCap``, released exactly once: by its answer or its cancel."""
-
-    __slots__ = ("cap", "done", "size", "ticket")
-
-    def __init__(self, cap: InflightCap, done: Done, size: int) -> None:
-        self.cap: InflightCap | None = cap
-        self.done = done
-        self.size = size
-        self.ticket: Ticket = NO_TICKET
-
-    def __call__(self, response: InferResponse | None, error: GatewayError | None) -> None:
-        self.ticket = NO_TICKET  # the queued work holds this as its ``done``: no cycle left behind
-        cap = self.cap
-        if cap is not None:  # (release, inline: this is every answer's path)
-            self.cap = None
-            cap.requests -= 1
-            cap.bytes -= self.size
-        self.done(response, error)
-
-    def cancel(self) -> None:
-        self.ticket.cancel()
-        if self.cap is not None:
-            self.release()
-
-    def release(self) -> None:
-        cap = self.cap
-        if cap is not None:
-            self.cap = None
-            cap.requests -= 1
-            cap.bytes -= self.size
+__all__ = ["Admit", "Held", "InflightCap"]

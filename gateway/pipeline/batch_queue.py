@@ -34,7 +34,7 @@ from operator import attrgetter
 from typing import Any
 
 INF = float("inf")
-_KEY = attrgetter("key")
+_RANK = attrgetter("rank")
 _ARRIVAL = attrgetter("arrival")
 
 
@@ -42,7 +42,7 @@ class Pending:
     """One queued unit of work: a request, or one chunk of a request split above max_batch_size."""
 
     __slots__ = ("request", "inputs", "rows", "arrival", "deadline", "done", "cancelled", "group", "index",
-                 "bucket", "queue", "level", "key", "cum")
+                 "bucket", "queue", "level", "rank", "cum")
 
     def __init__(self, request: Any, inputs: dict, rows: int, arrival: float, deadline: float,
                  done: Callable[..., None] | None, bucket: Hashable = (), level: int = 1) -> None:
@@ -59,7 +59,7 @@ class Pending:
         self.queue: BatchQueue | Running | None = None
         self.level = level
         """Priority level, 1 = highest."""
-        self.key = arrival
+        self.rank = arrival
         """Where it ranks: arrival + (level - 1) * aging (set when queued)."""
         self.cum = 0
         """Running total of the rows of its lane through this item (set when queued): the rows
@@ -109,13 +109,13 @@ class Bucket:
         lanes = self.lanes
         if len(lanes) == 1:
             return iter(next(iter(lanes.values())))
-        return heapq.merge(*lanes.values(), key=_KEY)
+        return heapq.merge(*lanes.values(), key=_RANK)
 
     def __len__(self) -> int:
         return sum(len(lane) for lane in self.lanes.values())
 
     def head_key(self) -> float:
-        return min(lane[0].key for lane in self.lanes.values())
+        return min(lane[0].rank for lane in self.lanes.values())
 
     def oldest(self) -> float:
         """Arrival of the request that has waited longest (the delay is counted from it)."""
@@ -199,7 +199,7 @@ class BatchQueue:
         else:
             p.cum = lane[-1].cum + rows
         if level != 1:
-            p.key = p.arrival + (level - 1) * self.aging
+            p.rank = p.arrival + (level - 1) * self.aging
         lane.append(p)
         p.queue = self
         b.rows += rows

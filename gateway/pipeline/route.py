@@ -53,16 +53,19 @@ class ModelRoute:
     """One model's entry in the routing table. Immutable once published."""
 
     __slots__ = ("name", "seed", "targets", "default", "arms", "arm_targets", "cum", "sticky_key", "remember",
-                 "policy", "entity_key", "keys")
+                 "policy", "entity_key", "keys", "lanes")
 
     def __init__(self, name: str, targets: Mapping[str, Target], default: str,
                  arms: Mapping[str, float] | None = None, arm_targets: Mapping[str, Target] | None = None,
                  sticky_key: str = "", remember: Remember | None = None, policy: Any = None,
-                 entity_key: str = "") -> None:
+                 entity_key: str = "", lanes: Mapping[str, Any] | None = None) -> None:
         """``targets``: version -> the version's own target (pinned requests). ``arms``: version ->
         weight for unpinned requests (None: all to ``default``); ``arm_targets`` may wrap an arm
         (a shadow pair). ``policy``: what the admin API shows; not read here. ``entity_key``: the
-        precomputed route's key (a header / metadata name), handed to the target as ``request.entity``."""
+        precomputed route's key (a header / metadata name), handed to the target as ``request.entity``.
+        ``lanes``: version -> the version's native lane (``ModelVersion.lane``), for the HTTP front;
+        kept only for a model routed without a policy or an entity key (the lane does not route),
+        and filed under "" too for the default version."""
         self.name = name
         self.seed = model_seed(name)
         self.targets = dict(targets)
@@ -73,6 +76,11 @@ class ModelRoute:
         self.entity_key = entity_key
         self.keys = tuple(k for k in (sticky_key, entity_key) if k)
         """The header / metadata names the fronts collect for this model."""
+        self.lanes: dict[str, Any] = {}
+        if lanes and arms is None and not entity_key:
+            self.lanes = dict(lanes)
+            if default in self.lanes:
+                self.lanes[""] = self.lanes[default]
         live = [(v, w) for v, w in (arms or {}).items() if w > 0]
         if arms is None or not live:
             self.arms: tuple[str, ...] = ()

@@ -56,6 +56,8 @@ class VersionView(Protocol):
     stats: ModelStats
     entity_key: str
     """The precomputed route's key name ("" without one)."""
+    lane: Any
+    """The version's native lane for the HTTP front, or None (``ModelVersion.lane``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +146,8 @@ class ModelTraffic:
         entity_key = next(iter(self.versions.values())).entity_key  # one config.toml: every version's the same
         p = self.policy
         if p is None:
-            return ModelRoute(self.name, targets, self.default, entity_key=entity_key)
+            lanes = {v: mv.lane for v, mv in self.versions.items() if getattr(mv, "lane", None) is not None}
+            return ModelRoute(self.name, targets, self.default, entity_key=entity_key, lanes=lanes)
         stable = self.stable
         arms = dict(p.weights) if p.weights else {stable: 100.0}
         wrapped: dict[str, Target] = {}

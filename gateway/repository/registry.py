@@ -27,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gateway._native.lane import Lane
 from gateway.backends.base import Backend, BackendFactory
 from gateway.backends.reshape import ReshapingBackend
 from gateway.errors import Code, GatewayError, not_found
@@ -116,6 +117,13 @@ class ModelVersion:
             self.entity_key = pc.key
             target = self.precomputed
         self.target: Target = target
+        self.lane: Lane | None = None
+        """The HTTP front's native lane into this version (``gateway._native.lane``), when its
+        configuration needs none of what only the Python stages do: a response cache, priority
+        levels, a precomputed route, inputs whose inner dimensions vary (buckets)."""
+        if (self.precomputed is None and config.response_cache_bytes <= 0 and not config.priority_levels
+                and not self.signature.variable_inner_dims and self.signature.checks):
+            self.lane = Lane(self.admit, target if target is not self.admit else None, coalesce.flight_key)
         self.ready = False
         self.fingerprint: tuple[Any, ...] = ()
         """What it was built from (model file, configuration): a reload keeps it while unchanged."""

@@ -58,6 +58,7 @@ class _IdTap:
 
 class AccessLoggedProtocol(HttpProtocol):
     __slots__ = ("_pending", "_current", "_client")
+    lane_ok = False  # the log names each request's id, which the data plane tap records
 
     def __init__(self, front: HttpFront) -> None:
         super().__init__(front)

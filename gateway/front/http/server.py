@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from gateway._native.http1 import RequestReader
 from gateway._native.inferenc import http_response
+from gateway._native.lane import note_general
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.front.http.accept import Listener, bind
@@ -322,6 +323,10 @@ class HttpFront:
 
 
 class HttpProtocol(asyncio.Protocol):
+    lane_ok = True
+    """Infer requests may take the version's native lane (``gateway._native.lane``). A subclass
+    that must see every request pass through the data plane (the access log's request ids) says no."""
+
     __slots__ = ("front", "transport", "parser", "_continue_due", "_seq", "_next_write", "_parked", "_tickets",
                  "_closing", "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined", "_reserve",
                  "_router", "_door")
@@ -504,8 +509,20 @@ class HttpProtocol(asyncio.Protocol):
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
-                    call = _Call(self, seq, plan, keep_alive, accept)
                     r = self._router.table.get(req.model_name)
+                    lane = r.lanes.get(req.model_version) if r is not None and self.lane_ok else None
+                    if lane is not None and accept is None and (plan is None or plan.shm is None):
+                        # the version's native lane (it counts which way each request went)
+                        t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
+                                        self._dataplane.inflight)
+                        if t is not None:
+                            self._tickets[seq] = t
+                            if len(self._tickets) >= self._max_pipelined:
+                                self._pause_reading()
+                            return
+                    else:
+                        note_general()
+                    call = _Call(self, seq, plan, keep_alive, accept)
                     if r is not None and r.arms:  # a traffic policy: say which arm answered
                         call.arm = 2 if req.model_version else 1
                     self._tickets[seq] = self._dataplane.submit(req, call.done, False, sticky)
@@ -528,6 +545,12 @@ class HttpProtocol(asyncio.Protocol):
             if method == b"HEAD":  # the GET's headers, content-length included, and no body
                 data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
+
+    def _answer_general(self, seq: int, resp: InferResponse | None, err: GatewayError | None,
+                        binary: frozenset[str] | None, keep_alive: bool) -> None:
+        """A lane request's answer that the native encoder leaves to the general one (an error, or
+        outputs it does not encode): as ``_Call`` answers it."""
+        _Call(self, seq, EncodePlan(binary) if binary else None, keep_alive).done(resp, err)
 
     def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
         t = self.transport

@@ -1,0 +1,413 @@
+# cython: language_level=3
+"""The native lane: an HTTP infer request's whole way into a batch, and its answer's way out, in C.
+
+The general request path is a chain of Python stages (``dataplane.submit`` -> in-flight cap ->
+route -> coalesce -> admit -> batch), each with its own per-request object: a claim, a flight, a
+queued unit, the front's callback. For the common request that chain is ~5 µs of interpreter
+work. The lane does what those stages do for it in one C call, with one object per request: the
+``LaneTicket``, which is at once the front's ticket (``cancel``), the in-flight claim, the
+coalescing flight (followers that arrive by the general path join it: it has ``_Flight``'s
+interface) and the batch queue's unit (``Pending``'s interface, so ``BatchQueue`` and ``Batcher``
+treat it as any other). Its answer is encoded in C and written by the front in request order.
+
+What it covers is decided once per model version (``ModelVersion.lane``: no cache, no priority
+levels, no precomputed route, fixed inner dimensions) and per request (no ``priority`` parameter,
+no flight to join, every check passing, room in the queue and in the in-flight bounds). Anything
+else returns None *before anything changed*, and the caller takes the general path, which then
+answers exactly as it would have (refusals are worded and counted there, once). ``counts()``
+tells how many requests each way took.
+"""
+
+from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF
+cimport numpy as cnp
+
+import logging
+
+import numpy as np
+from xxhash import xxh3_128_intdigest
+
+from gateway._native.inferenc import http_answer, http_response
+from gateway._native.sigcheck import accepted_rows
+from gateway.errors import Code, GatewayError
+from gateway.pipeline.target import NO_TICKET
+
+cnp.import_array()
+
+log = logging.getLogger("gateway.pipeline.lane")
+
+cdef double INF = float("inf")
+cdef object _OBJECT = np.dtype(object)
+cdef object _DEADLINE = Code.DEADLINE_EXCEEDED
+cdef bytes _CLOSE = b"connection: close\r\n"
+cdef unsigned long long _n_lane = 0
+cdef unsigned long long _n_general = 0
+
+
+def counts():
+    """(HTTP infer requests the lane took, those that went the general way) since the process started."""
+    return _n_lane, _n_general
+
+
+def note_general():
+    """An HTTP infer request the front did not offer to a lane (a policy, compression, shared memory, ...)."""
+    global _n_general
+    _n_general += 1
+
+
+cdef class InflightCap:
+    """Server-wide bound on infer requests admitted and not yet answered (``max_inflight_requests``)
+    and on their tensor bytes (``max_inflight_bytes``; a request alone is always let in, or one
+    larger than the bound could never be served). 0: no bound. Mutated on the loop thread only."""
+
+    cdef public long long max_requests, max_bytes, requests, bytes
+
+    def __init__(self, long long max_requests=0, long long max_bytes=0):
+        self.max_requests = max_requests or (1 << 62)
+        self.max_bytes = max_bytes or (1 << 62)
+        self.requests = 0
+        self.bytes = 0
+
+    def hold(self, request, done):
+        """Claim a place for ``request`` or raise RESOURCE_EXHAUSTED; the claim is what the target
+        calls back (it passes the answer on) and the ticket the front cancels: either releases it."""
+        cdef long long size = _nbytes(request.inputs)
+        if self.requests >= self.max_requests:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                               f"server holds {self.requests} infer requests (max_inflight_requests): retry later",
+                               retry_after_s=1)
+        if self.bytes + size > self.max_bytes and self.requests:
+            raise GatewayError(Code.RESOURCE_EXHAUSTED,
+                               f"server holds {self.bytes} bytes of infer requests; this one ({size} bytes) would "
+                               f"pass max_inflight_bytes ({self.max_bytes}): retry later", retry_after_s=1)
+        self.requests += 1
+        self.bytes += size
+        return Held(self, done, size)
+
+    cdef inline bint fits(self, long long size) noexcept:
+        return self.requests < self.max_requests and not (self.bytes + size > self.max_bytes and self.requests)
+
+
+cdef long long _nbytes(dict inputs) except -1:
+    cdef long long size = 0
+    for a in inputs.values():
+        size += a.nbytes
+    return size
+
+
+cdef class Held:
+    """One request's claim on the ``InflightCap``, released exactly once: by its answer or its cancel."""
+
+    cdef public InflightCap cap
+    cdef public object done, ticket
+    cdef public long long size
+
+    def __init__(self, InflightCap cap, done, long long size):
+        self.cap = cap
+        self.done = done
+        self.size = size
+        self.ticket = NO_TICKET
+
+    def __call__(self, response, error):
+        self.ticket = NO_TICKET  # the queued work holds this as its ``done``: no cycle left behind
+        self.release()
+        self.done(response, error)
+
+    def cancel(self):
+        self.ticket.cancel()
+        self.release()
+
+    cpdef release(self):
+        cdef InflightCap cap = self.cap
+        if cap is not None:
+            self.cap = None
+            cap.requests -= 1
+            cap.bytes -= self.size
+
+
+cdef class LaneTicket:
+    """One request on the lane (see the module's docstring for its four roles)."""
+
+    # Pending's interface, read and written by BatchQueue and Batcher
+    cdef public object request, inputs, group, bucket, queue
+    cdef public Py_ssize_t rows, index, level, cum
+    cdef public double arrival, deadline, rank
+    cdef public bint cancelled
+    # _Flight's interface, read and written by the Coalescer for followers that join it
+    cdef public object owner, key, followers
+    cdef public Py_ssize_t live
+    cdef public bint lead_gone, finished
+    # the claim and the answer
+    cdef InflightCap cap
+    cdef long long size
+    cdef Lane lane
+    cdef object proto, binary
+    cdef Py_ssize_t seq
+    cdef bint keep_alive
+
+    @property
+    def done(self):
+        """What the batcher calls with the answer: the ticket itself (no cycle through an attribute)."""
+        return self
+
+    @property
+    def lead_done(self):
+        """The leader's own answer, as ``Coalescer.answer`` and ``retry`` call it."""
+        return self._lead
+
+    # ---- the front's ticket ---------------------------------------------------------------------
+    def cancel(self):
+        """The client went away: the computation goes on only while followers wait for it."""
+        if self.owner is None:
+            self._withdraw()
+        elif not self.lead_gone:
+            self.lead_gone = True
+            self.left()
+        self._release()
+
+    # ---- the flight -----------------------------------------------------------------------------
+    def left(self):
+        self.live -= 1
+        if self.live == 0 and not self.finished:  # nobody wants it any more: drop it before dispatch
+            self.finished = True
+            self._forget()
+            self.followers = None
+            self._withdraw()
+
+    cdef inline void _forget(self) except *:
+        cdef dict flights = self.owner.flights
+        cdef PyObject* cur = PyDict_GetItem(flights, self.key)
+        if cur == <PyObject*>self:
+            PyDict_DelItem(flights, self.key)
+
+    def __call__(self, resp, err):
+        """The batch's answer (or the queue's error), as ``_Flight.__call__`` takes it."""
+        if self.finished:
+            return
+        self.finished = True
+        owner = self.owner
+        if owner is None:
+            self._lead(resp, err)
+            return
+        self._forget()
+        if self.followers is None:  # nobody joined (the lane has no cache)
+            if not self.lead_gone:
+                self._lead(resp, err)
+            return
+        if err is not None and err.code is _DEADLINE and owner.retry(self):
+            return
+        owner.answer(self, resp, err)
+        self.followers = None
+
+    # ---- the queued unit ------------------------------------------------------------------------
+    cdef inline void _withdraw(self) except *:
+        if not self.cancelled:
+            self.cancelled = True
+            q = self.queue
+            if q is not None:
+                q.withdraw(self, True)
+
+    # ---- the answer -----------------------------------------------------------------------------
+    cdef inline void _release(self) noexcept:
+        cdef InflightCap cap = self.cap
+        if cap is not None:
+            self.cap = None
+            cap.requests -= 1
+            cap.bytes -= self.size
+
+    cdef void deliver(self, dict outs, make) except *:
+        """The batch's rows for this request (``Batcher._complete``, through ``deliver``): answered
+        straight from them when nobody joined the flight, else as ``__call__`` with a response."""
+        if self.finished:
+            return
+        if self.followers is not None:  # (only a flight with an owner has followers)
+            self(make(self.request, outs), None)
+            return
+        self.finished = True
+        if self.owner is not None:
+            self._forget()
+            if self.lead_gone:
+                return
+        self._release()
+        req = self.request
+        wanted = req.outputs
+        if wanted is not None:
+            outs = {n: outs[n] for n in wanted}
+        tickets = self.proto._tickets
+        if PyDict_GetItem(tickets, self.seq) != NULL:
+            PyDict_DelItem(tickets, self.seq)
+        lane = self.lane
+        data = http_answer(lane.name, lane.version, outs, req.id, self.binary,
+                           b"" if self.keep_alive else _CLOSE)
+        if data is None:  # outputs the native encoder leaves to the general one
+            self.proto._answer_general(self.seq, make(req, outs), None, self.binary, self.keep_alive)
+            return
+        self.proto._write_in_order(self.seq, data, not self.keep_alive)
+
+    def _lead(self, resp, err):
+        self._release()
+        proto = self.proto
+        tickets = proto._tickets
+        if PyDict_GetItem(tickets, self.seq) != NULL:
+            PyDict_DelItem(tickets, self.seq)
+        data = None
+        if err is None:
+            try:
+                data = http_response(resp, self.binary, b"" if self.keep_alive else _CLOSE)
+            except Exception:  # the general encoder names (and logs) what it cannot serialise
+                data = None
+        if data is None:  # an error, or outputs the native encoder leaves to the general one
+            proto._answer_general(self.seq, resp, err, self.binary, self.keep_alive)
+            return
+        proto._write_in_order(self.seq, data, not self.keep_alive)
+
+
+cdef class Lane:
+    """One model version's lane: what its Coalescer (or None), Admit and Batcher would do for a
+    request that needs none of their uncommon branches. Built by ``ModelVersion`` for versions
+    whose configuration allows it; the stages it reads stay the authority."""
+
+    cdef object coalescer, admit, batcher, queue, stats, clock, checks, output_set, backend, key_of
+    cdef object name, version
+    cdef dict flights
+    cdef bint coalescing, batching
+    cdef Py_ssize_t max_waiters, max_queue_rows, mbs
+    cdef long long timeout_us
+    cdef double max_wait_s
+
+    def __init__(self, admit, coalescer, key_of):
+        """``admit``: the version's Admit stage; ``coalescer``: its Coalescer (None when it opted
+        out); ``key_of``: ``coalesce.flight_key`` (the key of requests the inline form does not cover)."""
+        batcher = admit.batcher
+        sig = admit.sig
+        self.admit = admit
+        self.name = admit.name
+        self.version = admit.version
+        self.batcher = batcher
+        self.queue = admit.queue
+        self.stats = admit.stats
+        self.clock = admit.clock
+        self.checks = sig.checks
+        self.output_set = sig.output_set
+        self.batching = sig.batching
+        self.backend = batcher.backend
+        self.max_queue_rows = self.queue.max_queue_rows
+        self.mbs = batcher.config.max_batch_size
+        self.timeout_us = admit.timeout_us
+        self.max_wait_s = admit.max_wait_s
+        self.coalescer = coalescer
+        self.key_of = key_of
+        self.coalescing = coalescer is not None and coalescer.coalescing
+        self.flights = coalescer.flights if coalescer is not None else None
+        self.max_waiters = coalescer.max_waiters if coalescer is not None else 0
+        if not self.checks:
+            raise ValueError("a lane needs the signature's native checks")
+
+    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
+        """Queue ``req`` (decoded by the HTTP front, answered on ``proto`` as request ``seq``) and
+        return its ticket; None: not for the lane, and nothing was changed."""
+        global _n_lane, _n_general
+        t = self._submit(req, binary, proto, seq, keep_alive, cap)
+        if t is None:
+            _n_general += 1
+        else:
+            _n_lane += 1
+        return t
+
+    cdef object _submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
+        cdef dict inputs = req.inputs
+        cdef Py_ssize_t rows
+        cdef double now, deadline, start, finish
+        cdef long long timeout_us, size = 0
+        cdef LaneTicket t
+        params = req.parameters
+        if params is not None and "priority" in params:
+            return None  # a flight runs at its leader's priority: the Coalescer keys those apart
+        if not self.admit.accepting:
+            return None
+        outputs = req.outputs
+        rows = accepted_rows(self.checks, inputs, self.batching, outputs, self.output_set)
+        if rows < 0 or rows > self.max_queue_rows or (self.mbs and rows > self.mbs):
+            return None  # refused (the general path says why), or a request split into chunks
+        q = self.queue
+        if q.rows + rows > self.max_queue_rows:
+            return None  # full: the general path drains an idle inline backend, or refuses
+        key = None
+        if self.coalescer is not None:
+            key = self._key(req, inputs, outputs)
+            if self.coalescing and PyDict_GetItem(self.flights, key) != NULL:
+                return None  # joining a flight is the Coalescer's
+        now = self.clock()
+        timeout_us = req.timeout_us or self.timeout_us
+        deadline = now + timeout_us * 1e-6 if timeout_us > 0 else INF
+        if deadline != INF or self.max_wait_s:
+            start, finish = self.batcher.expected(rows, 1, now)
+            if start > 0.0 and (now + finish - deadline > 0.0
+                                or (self.max_wait_s and start - self.max_wait_s > 0.0)):
+                return None  # would be answered too late: refused there
+        if cap is not None:
+            for a in inputs.values():
+                size += a.nbytes
+            if not cap.fits(size):
+                return None
+        t = LaneTicket.__new__(LaneTicket)
+        t.request = req
+        t.inputs = inputs
+        t.rows = rows
+        t.arrival = now
+        t.deadline = deadline
+        t.rank = now
+        t.bucket = ()
+        t.level = 1
+        t.owner = self.coalescer
+        t.key = key
+        t.live = 1
+        t.proto = proto
+        t.seq = seq
+        t.keep_alive = keep_alive
+        t.binary = binary
+        t.lane = self
+        q.add(t)
+        if cap is not None:
+            cap.requests += 1
+            cap.bytes += size
+            t.cap = cap
+            t.size = size
+        batcher = self.batcher
+        self.stats.queue_rows = q.rows
+        if batcher._soon is None and batcher.in_flight < self.backend.capacity:
+            batcher._soon = batcher.loop.call_soon(batcher._flush)
+        if self.coalescing:
+            PyDict_SetItem(self.flights, key, t)
+        return t
+
+    cdef object _key(self, req, dict inputs, outputs):
+        """The Coalescer's key for ``req`` (the same tuple, so that either path finds the other's flight)."""
+        cdef tuple key
+        if outputs is None and len(inputs) == 1:
+            for name, a in inputs.items():
+                if a.dtype is not _OBJECT:
+                    try:
+                        return (name, a.dtype, a.shape, xxh3_128_intdigest(a))
+                    except (BufferError, ValueError, TypeError):
+                        pass
+        return self.key_of(req)
+
+
+def deliver(list items, list per_item, make):
+    """Hand each item of a computed batch its rows (``per_item[i]``: output name -> rows), as
+    ``Batcher._complete`` does: lane tickets are answered in C, other items as the batcher would
+    (chunks to their group, the rest to ``done`` with ``make(request, rows)``)."""
+    cdef Py_ssize_t i
+    for i in range(len(items)):
+        p = items[i]
+        if type(p) is LaneTicket:
+            if not (<LaneTicket>p).cancelled:
+                (<LaneTicket>p).deliver(per_item[i], make)
+        elif not p.cancelled:
+            if p.group is not None:
+                p.group.part_done(p.index, per_item[i], None, make)
+            else:
+                p.done(make(p.request, per_item[i]), None)
