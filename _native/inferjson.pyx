@@ -93,11 +93,33 @@ cdef extern from * nogil:
         while (p < end && (unsigned char)(*p - '0') < 10) p++;
         return p;
     }
+    /* How many of the 8 bytes at p are ASCII digits before the first that is not (0..8), and
+       their value into *out: one load and three multiplies instead of a byte loop whose exit
+       mispredicts on every number (the fraction of "0.123456" is one call). */
+    static const uint64_t GW_U64POW10[9] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL,
+        1000000ULL, 10000000ULL, 100000000ULL};
+    static inline int gw_digits8(const char* p, uint64_t* out) {
+        uint64_t x, y;
+        int k;
+        memcpy(&x, p, 8);
+        y = ((x & 0xF0F0F0F0F0F0F0F0ULL) | (((x + 0x0606060606060606ULL) & 0xF0F0F0F0F0F0F0F0ULL) >> 4))
+            ^ 0x3333333333333333ULL;  /* a zero byte where the byte is a digit (exact up to the first that is not) */
+        k = y ? (__builtin_ctzll(y) >> 3) : 8;
+        if (k == 0) { *out = 0; return 0; }
+        x = (x & 0x0F0F0F0F0F0F0F0FULL) << (8 * (8 - k));  /* the k digits, after 8 - k leading zeros */
+        x = ((x * 2561) >> 8) & 0x00FF00FF00FF00FFULL;
+        x = ((x * 6553601) >> 16) & 0x0000FFFF0000FFFFULL;
+        x = (x * 42949672960001ULL) >> 32;
+        *out = x;
+        return k;
+    }
     static const uint64_t GW_MAX_SPAN = ((((uint64_t)1) << 63) - 1) / 8;
     static const uint64_t GW_TIMEOUT_MAX = (((uint64_t)1) << 63) - 1;
     """
     int gw_parse_double(const char* s, const char* e, double* out)
     const char* gw_skip_digits(const char* p, const char* end)
+    int gw_digits8(const char* p, uint64_t* out)
+    const uint64_t GW_U64POW10[9]
     const uint64_t GW_MAX_SPAN
     const uint64_t GW_TIMEOUT_MAX
     const double GW_POW10[23]
@@ -172,7 +194,7 @@ cdef inline const char* scan_number(const char* p, const char* end, bint* integr
     exactly (at most 15 digits, a power of ten within 10**22), else to -1 (parse the token)."""
     cdef uint64_t m = 0, d
     cdef bint over = False, eneg
-    cdef int nd = 0, e10 = 0, ev, en
+    cdef int nd = 0, e10 = 0, ev, en, k
     integral[0] = True
     neg[0] = False
     if p < end and p[0] == c'-':
@@ -200,6 +222,14 @@ cdef inline const char* scan_number(const char* p, const char* end, bint* integr
         p += 1
         if p >= end or not (c'0' <= p[0] <= c'9'):
             return NULL
+        while end - p >= 8 and nd <= 8:  # eight at a time while 16 digits in all cannot be passed
+            k = gw_digits8(p, &d)
+            m = m * GW_U64POW10[k] + d
+            nd += k
+            e10 -= k
+            p += k
+            if k < 8:
+                break
         while p < end and c'0' <= p[0] <= c'9' and nd < 16:
             m = m * 10 + <uint64_t>(p[0] - c'0')  # no overflow: at most 16 digits in all
             nd += 1

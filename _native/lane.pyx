@@ -33,6 +33,7 @@ from gateway._native.inferenc import http_answer, http_response
 from gateway._native.sigcheck import accepted_rows
 from gateway.errors import Code, GatewayError
 from gateway.pipeline.target import NO_TICKET
+from gateway.types import InferResponse
 
 cnp.import_array()
 
@@ -128,39 +129,51 @@ cdef class Held:
 
 
 cdef class LaneTicket:
-    """One request on the lane (see the module's docstring for its four roles)."""
+    """One request on the lane: a flight's leader (queued, computed) or a follower waiting on a
+    flight (see the module's docstring for the roles)."""
 
-    # Pending's interface, read and written by BatchQueue and Batcher
+    # Pending's interface, read and written by BatchQueue and Batcher (a leader's)
     cdef public object request, inputs, group, bucket, queue
     cdef public Py_ssize_t rows, index, level, cum
     cdef public double arrival, deadline, rank
     cdef public bint cancelled
-    # _Flight's interface, read and written by the Coalescer for followers that join it
+    # _Flight's interface, read and written by the Coalescer for followers that join it (a leader's)
     cdef public object owner, key, followers
     cdef public Py_ssize_t live
     cdef public bint lead_gone, finished
+    # _Waiter's interface (a follower's): the flight it waits on (Coalescer.retry moves it), gone
+    cdef public object flight
+    cdef public bint gone
     # the claim and the answer
+    cdef bint follower
     cdef InflightCap cap
     cdef long long size
     cdef Lane lane
+    cdef object body  # a leader's body as the lane's raw key (``Lane.join_raw``), while it takes followers
     cdef object proto, binary
     cdef Py_ssize_t seq
     cdef bint keep_alive
 
     @property
     def done(self):
-        """What the batcher calls with the answer: the ticket itself (no cycle through an attribute)."""
+        """What the batcher (a leader) or the Coalescer (a follower) calls with the answer: the
+        ticket itself (no cycle through an attribute)."""
         return self
 
     @property
     def lead_done(self):
         """The leader's own answer, as ``Coalescer.answer`` and ``retry`` call it."""
-        return self._lead
+        return self._answer
 
     # ---- the front's ticket ---------------------------------------------------------------------
     def cancel(self):
-        """The client went away: the computation goes on only while followers wait for it."""
-        if self.owner is None:
+        """The client went away. A follower leaves its flight; a leader's computation goes on
+        only while followers wait for it."""
+        if self.follower:
+            if not self.gone:
+                self.gone = True
+                self.flight.left()
+        elif self.owner is None:
             self._withdraw()
         elif not self.lead_gone:
             self.lead_gone = True
@@ -177,24 +190,35 @@ cdef class LaneTicket:
             self._withdraw()
 
     cdef inline void _forget(self) except *:
+        """The flight takes no more followers (answered, or nobody wants it)."""
         cdef dict flights = self.owner.flights
         cdef PyObject* cur = PyDict_GetItem(flights, self.key)
         if cur == <PyObject*>self:
             PyDict_DelItem(flights, self.key)
+        if self.body is not None:
+            flights = self.lane.raw
+            cur = PyDict_GetItem(flights, self.body)
+            if cur == <PyObject*>self:
+                PyDict_DelItem(flights, self.body)
+            self.body = None
 
     def __call__(self, resp, err):
-        """The batch's answer (or the queue's error), as ``_Flight.__call__`` takes it."""
+        """A leader: the batch's answer or the queue's error, as ``_Flight.__call__`` takes it. A
+        follower: its own answer, from the Coalescer."""
+        if self.follower:
+            self._answer(resp, err)
+            return
         if self.finished:
             return
         self.finished = True
         owner = self.owner
         if owner is None:
-            self._lead(resp, err)
+            self._answer(resp, err)
             return
         self._forget()
         if self.followers is None:  # nobody joined (the lane has no cache)
             if not self.lead_gone:
-                self._lead(resp, err)
+                self._answer(resp, err)
             return
         if err is not None and err.code is _DEADLINE and owner.retry(self):
             return
@@ -217,41 +241,99 @@ cdef class LaneTicket:
             cap.requests -= 1
             cap.bytes -= self.size
 
+    cdef inline void _unticket(self) except *:
+        cdef dict tickets = self.proto._tickets
+        if PyDict_GetItem(tickets, self.seq) != NULL:
+            PyDict_DelItem(tickets, self.seq)
+
     cdef void deliver(self, dict outs, make) except *:
-        """The batch's rows for this request (``Batcher._complete``, through ``deliver``): answered
-        straight from them when nobody joined the flight, else as ``__call__`` with a response."""
+        """A leader's rows of the batch (``Batcher._complete``, through ``deliver``): its answer,
+        and each follower's, encoded straight from them."""
         if self.finished:
-            return
-        if self.followers is not None:  # (only a flight with an owner has followers)
-            self(make(self.request, outs), None)
             return
         self.finished = True
         if self.owner is not None:
             self._forget()
-            if self.lead_gone:
-                return
-        self._release()
-        req = self.request
-        wanted = req.outputs
+        wanted = self.request.outputs
         if wanted is not None:
             outs = {n: outs[n] for n in wanted}
-        tickets = self.proto._tickets
-        if PyDict_GetItem(tickets, self.seq) != NULL:
-            PyDict_DelItem(tickets, self.seq)
-        lane = self.lane
-        data = http_answer(lane.name, lane.version, outs, req.id, self.binary,
-                           b"" if self.keep_alive else _CLOSE)
-        if data is None:  # outputs the native encoder leaves to the general one
-            self.proto._answer_general(self.seq, make(req, outs), None, self.binary, self.keep_alive)
+        if self.followers is None:
+            if not self.lead_gone:
+                self._write_rows(outs, None, make)
             return
+        self._share(outs, make)
+        self.followers = None
+
+    cdef void _share(self, dict outs, make) except *:
+        """``Coalescer.answer`` for a computed flight: the leader and each follower get their own
+        response (own id; one encoding for those that would get the same bytes), a follower whose
+        own deadline passed gets DEADLINE_EXCEEDED; counted as the Coalescer counts."""
+        owner = self.owner
+        stats = owner.stats
+        cdef double now = owner.clock()
+        cdef Py_ssize_t ok = 0
+        cdef LaneTicket w
+        cdef list shared = [None, None, False, None]  # (id, binary, keep-alive) -> the bytes last encoded
+        late = None
+        if not self.lead_gone:
+            ok += 1
+            self._write_rows(outs, shared, make)
+        for f in self.followers:
+            if type(f) is LaneTicket:
+                w = <LaneTicket>f
+                if w.gone:
+                    continue
+                if w.deadline <= now:
+                    late = late or _late_waiting(owner.name)
+                    stats.record_failures(late.code.name, 1, int((now - w.arrival) * 1e9))
+                    w._answer(None, late)
+                    continue
+                ok += 1
+                stats.extra_success_ns += int((now - w.arrival) * 1e9)
+                w._write_rows(outs, shared, make)
+                continue
+            if f.gone:  # a _Waiter (joined by the general path)
+                continue
+            if f.deadline <= now:
+                late = late or _late_waiting(owner.name)
+                stats.record_failures(late.code.name, 1, int((now - f.arrival) * 1e9))
+                f.done(None, late)
+                continue
+            ok += 1
+            stats.extra_success_ns += int((now - f.arrival) * 1e9)
+            f.done(InferResponse(owner.name, owner.version, outs, f.request.id), None)
+        if ok > 1:
+            stats.extra_success_count += ok - 1
+            stats.coalesced_count += ok - 1
+            stats.shared_flights += 1
+
+    cdef void _write_rows(self, dict outs, list shared, make) except *:
+        """Answer from the rows: encoded in C (or reused from ``shared``, the last encoding of the
+        same flight), written in request order by the front."""
+        self._release()
+        self._unticket()
+        rid = self.request.id
+        data = None
+        if shared is not None and shared[3] is not None and shared[0] == rid and shared[1] is self.binary \
+                and shared[2] == self.keep_alive:
+            data = shared[3]
+        else:
+            lane = self.lane
+            data = http_answer(lane.name, lane.version, outs, rid, self.binary, b"" if self.keep_alive else _CLOSE)
+            if data is None:  # outputs the native encoder leaves to the general one
+                self.proto._answer_general(self.seq, make(self.request, outs), None, self.binary, self.keep_alive)
+                return
+            if shared is not None:
+                shared[0] = rid
+                shared[1] = self.binary
+                shared[2] = self.keep_alive
+                shared[3] = data
         self.proto._write_in_order(self.seq, data, not self.keep_alive)
 
-    def _lead(self, resp, err):
+    def _answer(self, resp, err):
+        """The answer as a response object or an error (the general stages' way of giving it)."""
         self._release()
-        proto = self.proto
-        tickets = proto._tickets
-        if PyDict_GetItem(tickets, self.seq) != NULL:
-            PyDict_DelItem(tickets, self.seq)
+        self._unticket()
         data = None
         if err is None:
             try:
@@ -259,9 +341,13 @@ cdef class LaneTicket:
             except Exception:  # the general encoder names (and logs) what it cannot serialise
                 data = None
         if data is None:  # an error, or outputs the native encoder leaves to the general one
-            proto._answer_general(self.seq, resp, err, self.binary, self.keep_alive)
+            self.proto._answer_general(self.seq, resp, err, self.binary, self.keep_alive)
             return
-        proto._write_in_order(self.seq, data, not self.keep_alive)
+        self.proto._write_in_order(self.seq, data, not self.keep_alive)
+
+
+cdef object _late_waiting(name):
+    return GatewayError(Code.DEADLINE_EXCEEDED, f"deadline exceeded waiting for model '{name}'")
 
 
 cdef class Lane:
@@ -272,6 +358,10 @@ cdef class Lane:
     cdef object coalescer, admit, batcher, queue, stats, clock, checks, output_set, backend, key_of
     cdef object name, version
     cdef dict flights
+    cdef readonly dict raw
+    """Body (with its header length, for the binary extension) -> the in-flight leader that was
+    decoded from those bytes: a request with the same bytes for the same version is the same
+    request, so it joins without being decoded (``join_raw``)."""
     cdef bint coalescing, batching
     cdef Py_ssize_t max_waiters, max_queue_rows, mbs
     cdef long long timeout_us
@@ -302,79 +392,151 @@ cdef class Lane:
         self.coalescing = coalescer is not None and coalescer.coalescing
         self.flights = coalescer.flights if coalescer is not None else None
         self.max_waiters = coalescer.max_waiters if coalescer is not None else 0
+        self.raw = {}
         if not self.checks:
             raise ValueError("a lane needs the signature's native checks")
 
-    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
-        """Queue ``req`` (decoded by the HTTP front, answered on ``proto`` as request ``seq``) and
-        return its ticket; None: not for the lane, and nothing was changed."""
-        global _n_lane, _n_general
-        t = self._submit(req, binary, proto, seq, keep_alive, cap)
-        if t is None:
-            _n_general += 1
+    def join_raw(self, bytes body not None, Py_ssize_t header_length, proto, Py_ssize_t seq, bint keep_alive,
+                 InflightCap cap):
+        """Before decoding: the ticket of a follower of the in-flight leader decoded from the same
+        bytes, if there is one with room; None otherwise (nothing was changed: decode, then ``submit``)."""
+        global _n_lane
+        cdef PyObject* found
+        cdef LaneTicket lead, t
+        cdef double now, deadline
+        cdef long long timeout_us
+        if not self.raw:
+            return None
+        found = PyDict_GetItem(self.raw, body if header_length < 0 else (header_length, body))
+        if found == NULL:
+            return None
+        lead = <LaneTicket>found
+        if lead.finished or lead.live >= self.max_waiters:
+            return None
+        if cap is not None and not cap.fits(lead.size):
+            return None
+        req = lead.request  # the same bytes: the same request (id included)
+        now = self.clock()
+        timeout_us = req.timeout_us or self.timeout_us
+        deadline = now + timeout_us * 1e-6 if timeout_us > 0 else INF
+        t = self._ticket(req, lead.binary, proto, seq, keep_alive, cap, lead.size, now, deadline)
+        t.follower = True
+        t.flight = lead
+        if lead.followers is None:
+            lead.followers = [t]
         else:
-            _n_lane += 1
+            lead.followers.append(t)
+        lead.live += 1
+        _n_lane += 1
+        return t
+
+    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, bytes body=None,
+               Py_ssize_t header_length=-1):
+        """Queue ``req`` (decoded by the HTTP front from ``body``, answered on ``proto`` as request
+        ``seq``) and return its ticket; None: not for the lane, and nothing was changed."""
+        global _n_lane, _n_general
+        cdef LaneTicket t
+        r = self._submit(req, binary, proto, seq, keep_alive, cap)
+        if r is None:
+            _n_general += 1
+            return None
+        _n_lane += 1
+        t = <LaneTicket>r
+        if body is not None and t.owner is not None and not t.follower and self.coalescing:
+            t.body = body if header_length < 0 else (header_length, body)
+            PyDict_SetItem(self.raw, t.body, t)
+        return t
+
+    cdef LaneTicket _ticket(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap,
+                            long long size, double now, double deadline):
+        cdef LaneTicket t = LaneTicket.__new__(LaneTicket)
+        t.request = req
+        t.arrival = now
+        t.deadline = deadline
+        t.proto = proto
+        t.seq = seq
+        t.keep_alive = keep_alive
+        t.binary = binary
+        t.lane = self
+        t.size = size
+        if cap is not None:
+            cap.requests += 1
+            cap.bytes += size
+            t.cap = cap
         return t
 
     cdef object _submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
         cdef dict inputs = req.inputs
-        cdef Py_ssize_t rows
+        cdef Py_ssize_t rows = 0
         cdef double now, deadline, start, finish
         cdef long long timeout_us, size = 0
-        cdef LaneTicket t
+        cdef LaneTicket t, lead = None
+        cdef PyObject* found
         params = req.parameters
         if params is not None and "priority" in params:
             return None  # a flight runs at its leader's priority: the Coalescer keys those apart
-        if not self.admit.accepting:
-            return None
         outputs = req.outputs
-        rows = accepted_rows(self.checks, inputs, self.batching, outputs, self.output_set)
-        if rows < 0 or rows > self.max_queue_rows or (self.mbs and rows > self.mbs):
-            return None  # refused (the general path says why), or a request split into chunks
-        q = self.queue
-        if q.rows + rows > self.max_queue_rows:
-            return None  # full: the general path drains an idle inline backend, or refuses
-        key = None
-        if self.coalescer is not None:
+        key = flight = None
+        if self.coalescing:  # the Coalescer's stage first: a follower takes no queue space
             key = self._key(req, inputs, outputs)
-            if self.coalescing and PyDict_GetItem(self.flights, key) != NULL:
-                return None  # joining a flight is the Coalescer's
+            found = PyDict_GetItem(self.flights, key)
+            if found != NULL:
+                flight = <object>found
+                if type(flight) is LaneTicket:
+                    lead = <LaneTicket>flight
+                    if lead.live >= self.max_waiters:
+                        return None  # full: the Coalescer starts another
+                elif flight.live >= self.max_waiters:
+                    return None
+        elif self.coalescer is not None:
+            key = self._key(req, inputs, outputs)
+        if flight is None:  # a leader: the admit stage's checks
+            if not self.admit.accepting:
+                return None
+            rows = accepted_rows(self.checks, inputs, self.batching, outputs, self.output_set)
+            if rows < 0 or rows > self.max_queue_rows or (self.mbs and rows > self.mbs):
+                return None  # refused (the general path says why), or a request split into chunks
+            if self.queue.rows + rows > self.max_queue_rows:
+                return None  # full: the general path drains an idle inline backend, or refuses
         now = self.clock()
         timeout_us = req.timeout_us or self.timeout_us
         deadline = now + timeout_us * 1e-6 if timeout_us > 0 else INF
-        if deadline != INF or self.max_wait_s:
+        if flight is None and (deadline != INF or self.max_wait_s):
             start, finish = self.batcher.expected(rows, 1, now)
             if start > 0.0 and (now + finish - deadline > 0.0
                                 or (self.max_wait_s and start - self.max_wait_s > 0.0)):
                 return None  # would be answered too late: refused there
-        if cap is not None:
-            for a in inputs.values():
-                size += a.nbytes
-            if not cap.fits(size):
-                return None
-        t = LaneTicket.__new__(LaneTicket)
-        t.request = req
+        for a in inputs.values():
+            size += a.nbytes
+        if cap is not None and not cap.fits(size):
+            return None
+        t = self._ticket(req, binary, proto, seq, keep_alive, cap, size, now, deadline)
+        if flight is not None:  # join it, as Coalescer._join does
+            t.follower = True
+            t.flight = flight
+            if lead is not None:
+                if lead.followers is None:
+                    lead.followers = [t]
+                else:
+                    lead.followers.append(t)
+                lead.live += 1
+            else:
+                if flight.followers is None:
+                    flight.followers = [t]
+                else:
+                    flight.followers.append(t)
+                flight.live += 1
+            return t
         t.inputs = inputs
         t.rows = rows
-        t.arrival = now
-        t.deadline = deadline
         t.rank = now
         t.bucket = ()
         t.level = 1
         t.owner = self.coalescer
         t.key = key
         t.live = 1
-        t.proto = proto
-        t.seq = seq
-        t.keep_alive = keep_alive
-        t.binary = binary
-        t.lane = self
+        q = self.queue
         q.add(t)
-        if cap is not None:
-            cap.requests += 1
-            cap.bytes += size
-            t.cap = cap
-            t.size = size
         batcher = self.batcher
         self.stats.queue_rows = q.rows
         if batcher._soon is None and batcher.in_flight < self.backend.capacity:

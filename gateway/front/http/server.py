@@ -508,13 +508,20 @@ class HttpProtocol(asyncio.Protocol):
                         return
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
+                    r = self._router.table.get(route[0])
+                    lane = r.lanes.get(route[1]) if r is not None and self.lane_ok and accept is None else None
+                    if lane is not None:  # the same bytes as a request in flight: join it, undecoded
+                        t = lane.join_raw(body, header_len, self, seq, keep_alive, self._dataplane.inflight)
+                        if t is not None:
+                            self._tickets[seq] = t
+                            if len(self._tickets) >= self._max_pipelined:
+                                self._pause_reading()
+                            return
                     req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
-                    r = self._router.table.get(req.model_name)
-                    lane = r.lanes.get(req.model_version) if r is not None and self.lane_ok else None
-                    if lane is not None and accept is None and (plan is None or plan.shm is None):
+                    if lane is not None and (plan is None or plan.shm is None):
                         # the version's native lane (it counts which way each request went)
                         t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
-                                        self._dataplane.inflight)
+                                        self._dataplane.inflight, body, header_len)
                         if t is not None:
                             self._tickets[seq] = t
                             if len(self._tickets) >= self._max_pipelined:
