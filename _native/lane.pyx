@@ -4,18 +4,25 @@
 The general request path is a chain of Python stages (``dataplane.submit`` -> in-flight cap ->
 route -> coalesce -> admit -> batch), each with its own per-request object: a claim, a flight, a
 queued unit, the front's callback. For the common request that chain is ~5 µs of interpreter
-work. The lane does what those stages do for it in one C call, with one object per request: the
-``LaneTicket``, which is at once the front's ticket (``cancel``), the in-flight claim, the
-coalescing flight (followers that arrive by the general path join it: it has ``_Flight``'s
-interface) and the batch queue's unit (``Pending``'s interface, so ``BatchQueue`` and ``Batcher``
-treat it as any other). Its answer is encoded in C and written by the front in request order.
+work. The lane does what those stages do for it in one C call, with one object per request, the
+``LaneTicket``. A leader's ticket is at once the front's ticket (``cancel``), the in-flight claim,
+the coalescing flight (``_Flight``'s interface: followers that arrive by the general path join it)
+and the batch queue's unit (``Pending``'s interface, so ``BatchQueue`` and ``Batcher`` treat it
+as any other). A follower's ticket has ``_Waiter``'s interface, so it can wait on any flight and
+``Coalescer.retry`` can move it. A computed flight is answered in C straight from the batch's
+rows (``deliver``): each distinct (id, binary outputs, keep-alive) is encoded once and the bytes
+written to every waiter that would get them, in request order by the front.
+
+A request whose body bytes equal those of an in-flight leader of the same version is the same
+request: it joins that flight before it is decoded (``join_raw``), which is what makes identical
+requests (a load generator's one body, a dashboard's fan-out, retries) cost a lookup.
 
 What it covers is decided once per model version (``ModelVersion.lane``: no cache, no priority
 levels, no precomputed route, fixed inner dimensions) and per request (no ``priority`` parameter,
-no flight to join, every check passing, room in the queue and in the in-flight bounds). Anything
-else returns None *before anything changed*, and the caller takes the general path, which then
-answers exactly as it would have (refusals are worded and counted there, once). ``counts()``
-tells how many requests each way took.
+every check passing, room in the queue, the flight and the in-flight bounds). Anything else
+returns None *before anything changed*, and the caller takes the general path, which then answers
+exactly as it would have (refusals are worded and counted there, once). ``counts()`` tells how
+many requests each way took.
 """
 
 from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
@@ -149,7 +156,7 @@ cdef class LaneTicket:
     cdef InflightCap cap
     cdef long long size
     cdef Lane lane
-    cdef object body  # a leader's body as the lane's raw key (``Lane.join_raw``), while it takes followers
+    cdef object rawkey  # a leader's ``raw_key``, while it takes followers (``Lane.join_raw``)
     cdef object proto, binary
     cdef Py_ssize_t seq
     cdef bint keep_alive
@@ -195,12 +202,12 @@ cdef class LaneTicket:
         cdef PyObject* cur = PyDict_GetItem(flights, self.key)
         if cur == <PyObject*>self:
             PyDict_DelItem(flights, self.key)
-        if self.body is not None:
+        if self.rawkey is not None:
             flights = self.lane.raw
-            cur = PyDict_GetItem(flights, self.body)
+            cur = PyDict_GetItem(flights, self.rawkey)
             if cur == <PyObject*>self:
-                PyDict_DelItem(flights, self.body)
-            self.body = None
+                PyDict_DelItem(flights, self.rawkey)
+            self.rawkey = None
 
     def __call__(self, resp, err):
         """A leader: the batch's answer or the queue's error, as ``_Flight.__call__`` takes it. A
@@ -359,9 +366,9 @@ cdef class Lane:
     cdef object name, version
     cdef dict flights
     cdef readonly dict raw
-    """Body (with its header length, for the binary extension) -> the in-flight leader that was
-    decoded from those bytes: a request with the same bytes for the same version is the same
-    request, so it joins without being decoded (``join_raw``)."""
+    """``raw_key`` of a body -> the in-flight leader that was decoded from those bytes: a request
+    with the same bytes for the same version is the same request, so it joins without being
+    decoded (``join_raw``)."""
     cdef bint coalescing, batching
     cdef Py_ssize_t max_waiters, max_queue_rows, mbs
     cdef long long timeout_us
@@ -396,18 +403,25 @@ cdef class Lane:
         if not self.checks:
             raise ValueError("a lane needs the signature's native checks")
 
-    def join_raw(self, bytes body not None, Py_ssize_t header_length, proto, Py_ssize_t seq, bint keep_alive,
-                 InflightCap cap):
+    def raw_key(self, bytes body not None, Py_ssize_t header_length):
+        """The key of a body's bytes for ``join_raw`` and ``submit`` (None: this version does not
+        coalesce): their xxh3-128 and the binary header's length, as the flight key hashes tensors."""
+        if not self.coalescing:
+            return None
+        return (header_length, xxh3_128_intdigest(body))
+
+    def join_raw(self, key, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
         """Before decoding: the ticket of a follower of the in-flight leader decoded from the same
-        bytes, if there is one with room; None otherwise (nothing was changed: decode, then ``submit``)."""
+        bytes (``key``: ``raw_key``), if there is one with room; None otherwise (nothing was
+        changed: decode, then ``submit``)."""
         global _n_lane
         cdef PyObject* found
         cdef LaneTicket lead, t
         cdef double now, deadline
         cdef long long timeout_us
-        if not self.raw:
+        if key is None or not self.raw:
             return None
-        found = PyDict_GetItem(self.raw, body if header_length < 0 else (header_length, body))
+        found = PyDict_GetItem(self.raw, key)
         if found == NULL:
             return None
         lead = <LaneTicket>found
@@ -430,10 +444,10 @@ cdef class Lane:
         _n_lane += 1
         return t
 
-    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, bytes body=None,
-               Py_ssize_t header_length=-1):
-        """Queue ``req`` (decoded by the HTTP front from ``body``, answered on ``proto`` as request
-        ``seq``) and return its ticket; None: not for the lane, and nothing was changed."""
+    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, raw_key=None):
+        """Queue ``req`` (decoded by the HTTP front from a body whose ``raw_key`` it gives, answered
+        on ``proto`` as request ``seq``) and return its ticket; None: not for the lane, and nothing
+        was changed."""
         global _n_lane, _n_general
         cdef LaneTicket t
         r = self._submit(req, binary, proto, seq, keep_alive, cap)
@@ -442,9 +456,9 @@ cdef class Lane:
             return None
         _n_lane += 1
         t = <LaneTicket>r
-        if body is not None and t.owner is not None and not t.follower and self.coalescing:
-            t.body = body if header_length < 0 else (header_length, body)
-            PyDict_SetItem(self.raw, t.body, t)
+        if raw_key is not None and not t.follower and self.coalescing:
+            t.rawkey = raw_key
+            PyDict_SetItem(self.raw, raw_key, t)
         return t
 
     cdef LaneTicket _ticket(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap,

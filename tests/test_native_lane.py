@@ -332,3 +332,84 @@ def test_a_full_in_flight_cap_sends_the_request_the_general_way_to_be_refused(re
         assert moved == (0, 1) and status == 429 and b"retry-after" in head.lower()
         assert split(read_answers(s, 1)[0])[0] == 200
         s.close()
+
+
+# ---- followers -----------------------------------------------------------------------------------
+def open_all(gw: ServerThread, docs: list[bytes], model: str = "slow") -> list[socket.socket]:
+    socks = []
+    for d in docs:
+        s = socket.create_connection(("127.0.0.1", gw.http_port), timeout=30)
+        s.sendall(request_bytes(f"/v2/models/{model}/infer", d))
+        socks.append(s)
+    return socks
+
+
+def test_identical_bodies_join_the_leader_without_being_decoded(gw: ServerThread) -> None:
+    from gateway._native.inferjson import counts as decoded
+
+    mv = gw.app.registry.get("slow", "1")
+    before = mv.stats.execution_count
+    coalesced = mv.stats.coalesced_count
+    d0 = sum(decoded())
+    lane0 = counts()[0]
+    socks = open_all(gw, [json_body(rows(1, 11), "same")])
+    wait_queued(gw, "slow", 1)
+    socks += open_all(gw, [json_body(rows(1, 11), "same")] * 4)
+    answers = [split(read_answers(s, 1)[0]) for s in socks]
+    for s in socks:
+        s.close()
+    assert [a[0] for a in answers] == [200] * 5 and len({a[2] for a in answers}) == 1
+    assert counts()[0] - lane0 == 5 and sum(decoded()) - d0 == 1  # one decode for five requests
+    assert mv.stats.execution_count - before == 1 and mv.stats.coalesced_count - coalesced == 4
+    assert not mv.target.flights and not mv.lane.raw
+
+
+def test_followers_that_leave_are_not_answered_and_the_rest_are(gw: ServerThread) -> None:
+    mv = gw.app.registry.get("slow", "1")
+    x = rows(1, 12)
+    socks = open_all(gw, [json_body(x, "lead")])
+    wait_queued(gw, "slow", 1)
+    socks += open_all(gw, [json_body(x, f"f{i}") for i in range(3)])
+
+    async def joined() -> None:
+        await until(lambda: sum(f.live for f in mv.target.flights.values()) == 4)
+
+    gw.call(joined())
+    socks[0].close()  # the leader
+    socks[1].close()  # a follower
+    answers = [split(read_answers(s, 1)[0]) for s in socks[2:]]
+    for s in socks[2:]:
+        s.close()
+    assert [(a[0], json.loads(a[2])["id"]) for a in answers] == [(200, "f1"), (200, "f2")]
+
+    async def settled() -> None:
+        await until(lambda: gw.app.dataplane.inflight.requests == 0)
+
+    gw.call(settled())
+
+
+def test_a_follower_past_its_own_deadline_gets_504_and_the_leader_its_answer(gw: ServerThread) -> None:
+    x = rows(1, 13)
+    socks = open_all(gw, [json_body(x, "lead")])
+    wait_queued(gw, "slow", 1)
+    socks += open_all(gw, [json_body(x, "short", parameters={"timeout": 20_000})])
+    lead, short = (split(read_answers(s, 1)[0]) for s in socks)
+    for s in socks:
+        s.close()
+    assert lead[0] == 200 and json.loads(lead[2])["id"] == "lead"
+    assert short[0] == 504 and "deadline" in json.loads(short[2])["error"]
+
+
+def test_a_leader_that_times_out_in_the_queue_leaves_a_new_computation_to_its_followers(gw: ServerThread) -> None:
+    mv = gw.app.registry.get("slow", "1")
+    x = rows(1, 14)
+    before = mv.stats.execution_count
+    socks = open_all(gw, [json_body(x, "short", parameters={"timeout": 50_000})])
+    wait_queued(gw, "slow", 1)
+    socks += open_all(gw, [json_body(x, "long")])
+    short, long = (split(read_answers(s, 1)[0]) for s in socks)
+    for s in socks:
+        s.close()
+    assert short[0] == 504
+    assert long[0] == 200 and json.loads(long[2])["id"] == "long"
+    assert mv.stats.execution_count - before == 1  # the expired one never ran; the retry did

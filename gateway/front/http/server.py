@@ -510,8 +510,10 @@ class HttpProtocol(asyncio.Protocol):
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
                     r = self._router.table.get(route[0])
                     lane = r.lanes.get(route[1]) if r is not None and self.lane_ok and accept is None else None
+                    raw = None
                     if lane is not None:  # the same bytes as a request in flight: join it, undecoded
-                        t = lane.join_raw(body, header_len, self, seq, keep_alive, self._dataplane.inflight)
+                        raw = lane.raw_key(body, header_len)
+                        t = lane.join_raw(raw, self, seq, keep_alive, self._dataplane.inflight)
                         if t is not None:
                             self._tickets[seq] = t
                             if len(self._tickets) >= self._max_pipelined:
@@ -521,7 +523,7 @@ class HttpProtocol(asyncio.Protocol):
                     if lane is not None and (plan is None or plan.shm is None):
                         # the version's native lane (it counts which way each request went)
                         t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
-                                        self._dataplane.inflight, body, header_len)
+                                        self._dataplane.inflight, raw)
                         if t is not None:
                             self._tickets[seq] = t
                             if len(self._tickets) >= self._max_pipelined:
