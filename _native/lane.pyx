@@ -39,7 +39,6 @@ from xxhash import xxh3_128_intdigest
 from gateway._native.inferenc import http_answer, http_response
 from gateway._native.sigcheck import accepted_rows
 from gateway.errors import Code, GatewayError
-from gateway.pipeline.target import NO_TICKET
 from gateway.types import InferResponse
 
 cnp.import_array()
@@ -63,6 +62,16 @@ def note_general():
     """An HTTP infer request the front did not offer to a lane (a policy, compression, shared memory, ...)."""
     global _n_general
     _n_general += 1
+
+
+cdef class _Unqueued:
+    """The ticket of a claim whose work is not queued yet: cancelling it does nothing."""
+
+    def cancel(self):
+        pass
+
+
+cdef object _UNQUEUED = _Unqueued()
 
 
 cdef class InflightCap:
@@ -116,10 +125,10 @@ cdef class Held:
         self.cap = cap
         self.done = done
         self.size = size
-        self.ticket = NO_TICKET
+        self.ticket = _UNQUEUED
 
     def __call__(self, response, error):
-        self.ticket = NO_TICKET  # the queued work holds this as its ``done``: no cycle left behind
+        self.ticket = _UNQUEUED  # the queued work holds this as its ``done``: no cycle left behind
         self.release()
         self.done(response, error)
 

@@ -10,6 +10,7 @@ become a cycle at import time.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import tomllib
@@ -97,6 +98,18 @@ def test_imports_flow_downstream() -> None:
     bad = [f"gateway.{m} (layer {layer(m)}) imports gateway.{d} (layer {layer(d)})"
            for m, deps in GRAPH.items() for d in deps if layer(d) > layer(m)]
     assert not bad, "\n".join(sorted(bad))
+
+
+def test_native_modules_import_only_the_bottom_layer() -> None:
+    """The compiled modules (``_native/*.pyx``, which the AST walk above does not read) sit at
+    layer 0: what they import from the package must be there too."""
+    bad = []
+    for pyx in sorted((PKG.parent / "_native").glob("*.pyx")):
+        for line in pyx.read_text().splitlines():
+            m = re.match(r"(?:from|import) gateway\.([\w.]+)", line)
+            if m and "cimport" not in line and layer(m.group(1)) > 0:
+                bad.append(f"{pyx.name}: {line.strip()}")
+    assert not bad, bad
 
 
 def test_no_import_cycle() -> None:
