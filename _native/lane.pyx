@@ -581,18 +581,29 @@ cdef class Lane:
         return self.key_of(req)
 
 
-def deliver(list items, list per_item, make):
-    """Hand each item of a computed batch its rows (``per_item[i]``: output name -> rows), as
-    ``Batcher._complete`` does: lane tickets are answered in C, other items as the batcher would
-    (chunks to their group, the rest to ``done`` with ``make(request, rows)``)."""
-    cdef Py_ssize_t i
-    for i in range(len(items)):
+def deliver(list items, dict outputs, dict views, make):
+    """Hand each item of a computed batch its rows, as ``Batcher._complete`` does: ``views`` maps
+    each output to its per-item row views (``pack.scatter_rows``), or is None for a batch of one
+    item, which gets ``outputs`` whole. Lane tickets are answered in C, other items as the batcher
+    would (chunks to their group, the rest to ``done`` with ``make(request, rows)``)."""
+    cdef Py_ssize_t i, n = len(items)
+    cdef dict outs
+    for i in range(n):
         p = items[i]
         if type(p) is LaneTicket:
-            if not (<LaneTicket>p).cancelled:
-                (<LaneTicket>p).deliver(per_item[i], make)
-        elif not p.cancelled:
-            if p.group is not None:
-                p.group.part_done(p.index, per_item[i], None, make)
-            else:
-                p.done(make(p.request, per_item[i]), None)
+            if (<LaneTicket>p).cancelled or (<LaneTicket>p).finished:
+                continue
+        elif p.cancelled:
+            continue
+        if views is None:
+            outs = outputs
+        else:
+            outs = {}
+            for name, v in views.items():
+                outs[name] = (<list>v)[i]
+        if type(p) is LaneTicket:
+            (<LaneTicket>p).deliver(outs, make)
+        elif p.group is not None:
+            p.group.part_done(p.index, outs, None, make)
+        else:
+            p.done(make(p.request, outs), None)

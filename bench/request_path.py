@@ -140,6 +140,12 @@ async def _run(args: argparse.Namespace, root: Path) -> None:
     print(f"cpu_us_per_request={cpu / n * 1e6:.2f} wall_us_per_request={wall / n * 1e6:.2f} "
           f"onnxruntime_us_per_request={ort / n * 1e6:.2f} "
           f"gateway_us_per_request={(cpu - ort) / n * 1e6:.2f}")
+    try:
+        from gateway._native.lane import counts
+        lane, general = counts()
+        print(f"lane_requests={lane} general_requests={general}")
+    except ImportError:  # a checkout from before the lane (BASE runs)
+        pass
     if prof is not None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     await pipeline.registry.close()

@@ -301,14 +301,12 @@ class Batcher:
                 self._fail_one(p, err, t2)
             return
         assert outputs is not None
-        if len(items) == 1:
-            per_item = [outputs]
-        else:
+        views = None
+        if len(items) > 1:  # each item's rows: views of the batch's outputs
             counts = [p.rows for p in items]
             views = {name: scatter_rows(arr, counts) for name, arr in outputs.items()}
-            per_item = [{name: v[i] for name, v in views.items()} for i in range(len(items))]
         t3 = self.clock()
-        deliver(items, per_item, self._response)  # (native: lane tickets are answered in C)
+        deliver(items, outputs, views, self._response)  # (native: lane tickets are answered in C)
         t4 = self.clock()
         self.stats.record_batch(items, rows, t0, t1, t2, t3, t4)
         self.cost.observe(rows, t4 - t0)
