@@ -288,27 +288,13 @@ cdef class LaneTicket:
         stats = owner.stats
         cdef double now = owner.clock()
         cdef Py_ssize_t ok = 0
-        cdef LaneTicket w
         cdef list shared = [None, None, False, None]  # (id, binary, keep-alive) -> the bytes last encoded
         late = None
         if not self.lead_gone:
             ok += 1
             self._write_rows(outs, shared, make)
-        for f in self.followers:
-            if type(f) is LaneTicket:
-                w = <LaneTicket>f
-                if w.gone:
-                    continue
-                if w.deadline <= now:
-                    late = late or _late_waiting(owner.name)
-                    stats.record_failures(late.code.name, 1, int((now - w.arrival) * 1e9))
-                    w._answer(None, late)
-                    continue
-                ok += 1
-                stats.extra_success_ns += int((now - w.arrival) * 1e9)
-                w._write_rows(outs, shared, make)
-                continue
-            if f.gone:  # a _Waiter (joined by the general path)
+        for f in self.followers:  # LaneTickets and _Waiters (joined by the general path) alike
+            if f.gone:
                 continue
             if f.deadline <= now:
                 late = late or _late_waiting(owner.name)
@@ -317,7 +303,10 @@ cdef class LaneTicket:
                 continue
             ok += 1
             stats.extra_success_ns += int((now - f.arrival) * 1e9)
-            f.done(InferResponse(owner.name, owner.version, outs, f.request.id), None)
+            if type(f) is LaneTicket:
+                (<LaneTicket>f)._write_rows(outs, shared, make)
+            else:
+                f.done(InferResponse(owner.name, owner.version, outs, f.request.id), None)
         if ok > 1:
             stats.extra_success_count += ok - 1
             stats.coalesced_count += ok - 1
@@ -360,6 +349,16 @@ cdef class LaneTicket:
             self.proto._answer_general(self.seq, resp, err, self.binary, self.keep_alive)
             return
         self.proto._write_in_order(self.seq, data, not self.keep_alive)
+
+
+cdef inline void _join(flight, LaneTicket t) except *:
+    """``t`` waits on ``flight`` (a LaneTicket or a _Flight), as ``Coalescer._join`` adds a waiter."""
+    followers = flight.followers
+    if followers is None:
+        flight.followers = [t]
+    else:
+        followers.append(t)
+    flight.live += 1
 
 
 cdef object _late_waiting(name):
@@ -445,11 +444,7 @@ cdef class Lane:
         t = self._ticket(req, lead.binary, proto, seq, keep_alive, cap, lead.size, now, deadline)
         t.follower = True
         t.flight = lead
-        if lead.followers is None:
-            lead.followers = [t]
-        else:
-            lead.followers.append(t)
-        lead.live += 1
+        _join(lead, t)
         _n_lane += 1
         return t
 
@@ -537,18 +532,7 @@ cdef class Lane:
         if flight is not None:  # join it, as Coalescer._join does
             t.follower = True
             t.flight = flight
-            if lead is not None:
-                if lead.followers is None:
-                    lead.followers = [t]
-                else:
-                    lead.followers.append(t)
-                lead.live += 1
-            else:
-                if flight.followers is None:
-                    flight.followers = [t]
-                else:
-                    flight.followers.append(t)
-                flight.live += 1
+            _join(flight, t)
             return t
         t.inputs = inputs
         t.rows = rows

@@ -413,3 +413,35 @@ def test_a_leader_that_times_out_in_the_queue_leaves_a_new_computation_to_its_fo
     assert short[0] == 504
     assert long[0] == 200 and json.loads(long[2])["id"] == "long"
     assert mv.stats.execution_count - before == 1  # the expired one never ran; the retry did
+
+
+def test_answered_tickets_are_freed_without_the_collector(gw: ServerThread) -> None:
+    """Tickets point at each other (followers and their flight, the connection's table and the
+    ticket) only while in flight: once answered, or gone, none may wait for the cycle collector."""
+    import gc
+
+    from gateway._native.lane import LaneTicket
+
+    mv = gw.app.registry.get("slow", "1")
+    gc.collect()
+    gc.disable()
+    try:
+        x = rows(1, 15)
+        socks = open_all(gw, [json_body(x, "a")])
+        wait_queued(gw, "slow", 1)
+        socks += open_all(gw, [json_body(x, "a")] * 3 + [json_body(x, f"b{i}") for i in range(3)]
+                          + [json_body(rows(1, 16 + i)) for i in range(3)])
+        socks[1].close()  # a follower leaves
+        for s in socks[2:]:
+            assert split(read_answers(s, 1)[0])[0] == 200
+            s.close()
+        socks[0].close()
+
+        async def settled() -> None:
+            await until(lambda: gw.app.dataplane.inflight.requests == 0 and not mv.target.flights)
+
+        gw.call(settled())
+        alive = [o for o in gc.get_objects() if type(o) is LaneTicket]
+    finally:
+        gc.enable()
+    assert alive == []

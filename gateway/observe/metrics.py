@@ -366,23 +366,24 @@ def door_families(door: Door) -> list[Metric]:
     return [refused, lag]
 
 
+def _by_path(name: str, doc: str, counts: tuple[int, int], paths: tuple[str, str]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=["path"])
+    for path, n in zip(paths, counts, strict=True):
+        family.add_metric([path], n)
+    return family
+
+
 def decode_families() -> list[Metric]:
-    """Which HTTP infer bodies took the native decoder (this process)."""
-    decoded = CounterMetricFamily(
-        "gateway_http_decode", "HTTP infer request bodies by decoder: native (C, the common shapes) or general "
-        "(interpreted: BYTES or FP16 JSON data, shared memory, escaped strings, other parameters, and every "
-        "malformed body, which it names).", labels=["path"])
-    native, general = decode_counts()
-    decoded.add_metric(["native"], native)
-    decoded.add_metric(["general"], general)
-    lane = CounterMetricFamily(
-        "gateway_http_lane", "HTTP infer requests by request path: lane (the version's native lane, from decode "
-        "to queue and back in C) or general (the Python stages: traffic policies, compression, shared memory, "
-        "caches, priorities, joining a flight, and every refusal, which they name).", labels=["path"])
-    taken, general = lane_counts()
-    lane.add_metric(["lane"], taken)
-    lane.add_metric(["general"], general)
-    return [decoded, lane]
+    """Which HTTP infer bodies took the native decoder, and which requests the native lane (this process)."""
+    return [
+        _by_path("gateway_http_decode", "HTTP infer request bodies by decoder: native (C, the common shapes) or "
+                 "general (interpreted: BYTES or FP16 JSON data, shared memory, escaped strings, other parameters, "
+                 "and every malformed body, which it names).", decode_counts(), ("native", "general")),
+        _by_path("gateway_http_lane", "HTTP infer requests by request path: lane (the version's native lane, from "
+                 "decode to queue and back in C) or general (the Python stages: traffic policies, compression, "
+                 "shared memory, caches, priorities, a full flight, and every refusal, which they name).",
+                 lane_counts(), ("lane", "general")),
+    ]
 
 
 class GatewayMetrics:
