@@ -27,8 +27,7 @@ many requests each way took.
 
 from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
 from cpython.object cimport PyObject
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
-from cpython.ref cimport Py_INCREF
+from cpython.bytes cimport PyBytes_GET_SIZE
 cimport numpy as cnp
 
 import logging
@@ -46,6 +45,9 @@ cnp.import_array()
 log = logging.getLogger("gateway.pipeline.lane")
 
 cdef double INF = float("inf")
+RAW_KEY_MAX_BYTES = 64 * 1024
+"""Bodies up to this size are keyed by their bytes for joining before decode (``Lane.raw_key``)."""
+cdef Py_ssize_t _raw_key_max = RAW_KEY_MAX_BYTES
 cdef object _OBJECT = np.dtype(object)
 cdef object _DEADLINE = Code.DEADLINE_EXCEEDED
 cdef bytes _CLOSE = b"connection: close\r\n"
@@ -64,14 +66,16 @@ def note_general():
     _n_general += 1
 
 
-cdef class _Unqueued:
-    """The ticket of a claim whose work is not queued yet: cancelling it does nothing."""
+cdef class NoTicket:
+    """The ticket of work that is already answered (or never queued): cancelling it does nothing.
+    (``pipeline.target.NO_TICKET`` is this module's instance.)"""
 
     def cancel(self):
         pass
 
 
-cdef object _UNQUEUED = _Unqueued()
+NO_TICKET = NoTicket()
+cdef object _NO_TICKET = NO_TICKET
 
 
 cdef class InflightCap:
@@ -91,11 +95,10 @@ cdef class InflightCap:
         """Claim a place for ``request`` or raise RESOURCE_EXHAUSTED; the claim is what the target
         calls back (it passes the answer on) and the ticket the front cancels: either releases it."""
         cdef long long size = _nbytes(request.inputs)
-        if self.requests >= self.max_requests:
-            raise GatewayError(Code.RESOURCE_EXHAUSTED,
-                               f"server holds {self.requests} infer requests (max_inflight_requests): retry later",
-                               retry_after_s=1)
-        if self.bytes + size > self.max_bytes and self.requests:
+        if not self.fits(size):
+            if self.requests >= self.max_requests:
+                raise GatewayError(Code.RESOURCE_EXHAUSTED, f"server holds {self.requests} infer requests "
+                                   "(max_inflight_requests): retry later", retry_after_s=1)
             raise GatewayError(Code.RESOURCE_EXHAUSTED,
                                f"server holds {self.bytes} bytes of infer requests; this one ({size} bytes) would "
                                f"pass max_inflight_bytes ({self.max_bytes}): retry later", retry_after_s=1)
@@ -125,10 +128,10 @@ cdef class Held:
         self.cap = cap
         self.done = done
         self.size = size
-        self.ticket = _UNQUEUED
+        self.ticket = _NO_TICKET
 
     def __call__(self, response, error):
-        self.ticket = _UNQUEUED  # the queued work holds this as its ``done``: no cycle left behind
+        self.ticket = _NO_TICKET  # the queued work holds this as its ``done``: no cycle left behind
         self.release()
         self.done(response, error)
 
@@ -282,17 +285,18 @@ cdef class LaneTicket:
 
     cdef void _share(self, dict outs, make) except *:
         """``Coalescer.answer`` for a computed flight: the leader and each follower get their own
-        response (own id; one encoding for those that would get the same bytes), a follower whose
-        own deadline passed gets DEADLINE_EXCEEDED; counted as the Coalescer counts."""
+        response (own id; one encoding for consecutive waiters that would get the same bytes), a
+        follower whose own deadline passed gets DEADLINE_EXCEEDED; counted as the Coalescer counts."""
         owner = self.owner
         stats = owner.stats
         cdef double now = owner.clock()
         cdef Py_ssize_t ok = 0
-        cdef list shared = [None, None, False, None]  # (id, binary, keep-alive) -> the bytes last encoded
-        late = None
+        cdef LaneTicket w
+        data = late = None
         if not self.lead_gone:
             ok += 1
-            self._write_rows(outs, shared, make)
+            data = self._write_rows(outs, None, make)
+        last = self
         for f in self.followers:  # LaneTickets and _Waiters (joined by the general path) alike
             if f.gone:
                 continue
@@ -304,7 +308,9 @@ cdef class LaneTicket:
             ok += 1
             stats.extra_success_ns += int((now - f.arrival) * 1e9)
             if type(f) is LaneTicket:
-                (<LaneTicket>f)._write_rows(outs, shared, make)
+                w = <LaneTicket>f
+                data = w._write_rows(outs, data if w.same_bytes(last) else None, make)
+                last = w
             else:
                 f.done(InferResponse(owner.name, owner.version, outs, f.request.id), None)
         if ok > 1:
@@ -312,28 +318,26 @@ cdef class LaneTicket:
             stats.coalesced_count += ok - 1
             stats.shared_flights += 1
 
-    cdef void _write_rows(self, dict outs, list shared, make) except *:
-        """Answer from the rows: encoded in C (or reused from ``shared``, the last encoding of the
-        same flight), written in request order by the front."""
+    cdef inline bint same_bytes(self, LaneTicket other) except -1:
+        """Its answer is ``other``'s, byte for byte: the same id, binary outputs and keep-alive."""
+        return (self.binary is other.binary and self.keep_alive == other.keep_alive
+                and (self.request is other.request or self.request.id == other.request.id))
+
+    cdef object _write_rows(self, dict outs, data, make):
+        """Answer from the rows: ``data`` (the bytes another waiter got, when they are the same),
+        or encoded in C; written in request order by the front. Returns the bytes (None: the
+        general encoder answered)."""
         self._release()
         self._unticket()
-        rid = self.request.id
-        data = None
-        if shared is not None and shared[3] is not None and shared[0] == rid and shared[1] is self.binary \
-                and shared[2] == self.keep_alive:
-            data = shared[3]
-        else:
+        if data is None:
             lane = self.lane
-            data = http_answer(lane.name, lane.version, outs, rid, self.binary, b"" if self.keep_alive else _CLOSE)
+            data = http_answer(lane.name, lane.version, outs, self.request.id, self.binary,
+                               b"" if self.keep_alive else _CLOSE)
             if data is None:  # outputs the native encoder leaves to the general one
                 self.proto._answer_general(self.seq, make(self.request, outs), None, self.binary, self.keep_alive)
-                return
-            if shared is not None:
-                shared[0] = rid
-                shared[1] = self.binary
-                shared[2] = self.keep_alive
-                shared[3] = data
+                return None
         self.proto._write_in_order(self.seq, data, not self.keep_alive)
+        return data
 
     def _answer(self, resp, err):
         """The answer as a response object or an error (the general stages' way of giving it)."""
@@ -349,6 +353,24 @@ cdef class LaneTicket:
             self.proto._answer_general(self.seq, resp, err, self.binary, self.keep_alive)
             return
         self.proto._write_in_order(self.seq, data, not self.keep_alive)
+
+
+def flight_key(req, general):
+    """The Coalescer's key for ``req``: for one non-BYTES input and all outputs, (name, dtype,
+    shape, xxh3-128 of its bytes) here; else ``general(req)`` (``coalesce.flight_key``). Both the
+    Coalescer and the lane call this, so that either finds the other's flights."""
+    return _flight_key(req, req.inputs, req.outputs, general)
+
+
+cdef object _flight_key(req, dict inputs, outputs, general):
+    if outputs is None and len(inputs) == 1:
+        for name, a in inputs.items():
+            if a.dtype is not _OBJECT:
+                try:
+                    return (name, a.dtype, a.shape, xxh3_128_intdigest(a))
+                except (BufferError, ValueError, TypeError):  # a strided view
+                    pass
+    return general(req)
 
 
 cdef inline void _join(flight, LaneTicket t) except *:
@@ -404,7 +426,7 @@ cdef class Lane:
         self.max_wait_s = admit.max_wait_s
         self.coalescer = coalescer
         self.key_of = key_of
-        self.coalescing = coalescer is not None and coalescer.coalescing
+        self.coalescing = coalescer is not None  # (a lane's Coalescer has no cache: it coalesces)
         self.flights = coalescer.flights if coalescer is not None else None
         self.max_waiters = coalescer.max_waiters if coalescer is not None else 0
         self.raw = {}
@@ -412,9 +434,11 @@ cdef class Lane:
             raise ValueError("a lane needs the signature's native checks")
 
     def raw_key(self, bytes body not None, Py_ssize_t header_length):
-        """The key of a body's bytes for ``join_raw`` and ``submit`` (None: this version does not
-        coalesce): their xxh3-128 and the binary header's length, as the flight key hashes tensors."""
-        if not self.coalescing:
+        """The key of a body's bytes for ``join_raw`` and ``submit``: their xxh3-128 and the binary
+        header's length, as the flight key hashes tensors. None (no joining before decode) when
+        this version does not coalesce, or for a body above RAW_KEY_MAX_BYTES: the flight key
+        hashes its tensors anyway, and for a large body that is most of its bytes."""
+        if not self.coalescing or PyBytes_GET_SIZE(body) > _raw_key_max:
             return None
         return (header_length, xxh3_128_intdigest(body))
 
@@ -496,7 +520,7 @@ cdef class Lane:
         outputs = req.outputs
         key = flight = None
         if self.coalescing:  # the Coalescer's stage first: a follower takes no queue space
-            key = self._key(req, inputs, outputs)
+            key = _flight_key(req, inputs, outputs, self.key_of)
             found = PyDict_GetItem(self.flights, key)
             if found != NULL:
                 flight = <object>found
@@ -506,8 +530,6 @@ cdef class Lane:
                         return None  # full: the Coalescer starts another
                 elif flight.live >= self.max_waiters:
                     return None
-        elif self.coalescer is not None:
-            key = self._key(req, inputs, outputs)
         if flight is None:  # a leader: the admit stage's checks
             if not self.admit.accepting:
                 return None
@@ -524,8 +546,7 @@ cdef class Lane:
             if start > 0.0 and (now + finish - deadline > 0.0
                                 or (self.max_wait_s and start - self.max_wait_s > 0.0)):
                 return None  # would be answered too late: refused there
-        for a in inputs.values():
-            size += a.nbytes
+        size = _nbytes(inputs)
         if cap is not None and not cap.fits(size):
             return None
         t = self._ticket(req, binary, proto, seq, keep_alive, cap, size, now, deadline)
@@ -552,17 +573,7 @@ cdef class Lane:
             PyDict_SetItem(self.flights, key, t)
         return t
 
-    cdef object _key(self, req, dict inputs, outputs):
-        """The Coalescer's key for ``req`` (the same tuple, so that either path finds the other's flight)."""
-        cdef tuple key
-        if outputs is None and len(inputs) == 1:
-            for name, a in inputs.items():
-                if a.dtype is not _OBJECT:
-                    try:
-                        return (name, a.dtype, a.shape, xxh3_128_intdigest(a))
-                    except (BufferError, ValueError, TypeError):
-                        pass
-        return self.key_of(req)
+
 
 
 def deliver(list items, dict outputs, dict views, make):

@@ -445,3 +445,24 @@ def test_answered_tickets_are_freed_without_the_collector(gw: ServerThread) -> N
     finally:
         gc.enable()
     assert alive == []
+
+
+def test_a_body_above_the_raw_key_bound_joins_by_its_tensors_after_decode(gw: ServerThread) -> None:
+    from gateway._native.inferjson import counts as decoded
+    from gateway._native.lane import RAW_KEY_MAX_BYTES
+
+    mv = gw.app.registry.get("slow", "1")
+    x = rows(60, 17)  # 60 x 64 float32 numbers in full: a JSON body above the bound
+    body = json_body(x, "big")
+    assert len(body) > RAW_KEY_MAX_BYTES
+    before = mv.stats.execution_count
+    d0 = sum(decoded())
+    socks = open_all(gw, [body])
+    wait_queued(gw, "slow", 60)
+    assert not mv.lane.raw  # not keyed by its bytes
+    socks += open_all(gw, [body])
+    answers = [split(read_answers(s, 1)[0]) for s in socks]
+    for s in socks:
+        s.close()
+    assert [a[0] for a in answers] == [200, 200] and answers[0][2] == answers[1][2]
+    assert sum(decoded()) - d0 == 2 and mv.stats.execution_count - before == 1  # decoded, then joined

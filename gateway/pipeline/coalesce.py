@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from xxhash import xxh3_128_intdigest
 
+from gateway._native.lane import flight_key as native_flight_key
 from gateway.errors import Code, GatewayError
 from gateway.model_config import ModelConfig
 from gateway.observe.stats import ModelStats
@@ -42,7 +43,6 @@ from gateway.pipeline.batch_queue import INF
 from gateway.pipeline.target import Done, Target, Ticket
 from gateway.types import InferRequest, InferResponse
 
-_OBJECT = np.dtype(object)
 ENTRY_OVERHEAD = 600
 """Bytes a cache entry costs besides its outputs (key tuple, dict, array headers; measured with
 tracemalloc for a one-output entry), counted against ``response_cache_bytes`` so that the bound is
@@ -198,17 +198,7 @@ class Coalescer:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def submit(self, request: InferRequest, done: Done, eager: bool = False) -> Ticket:
-        inputs = request.inputs
-        key: tuple[Any, ...] | None = None
-        if len(inputs) == 1 and request.outputs is None:  # the common case, inline: this runs per request
-            for name, a in inputs.items():
-                if a.dtype is not _OBJECT:
-                    try:  # noqa: SIM105 - suppress() costs a context manager per request; a strided view raises
-                        key = (name, a.dtype, a.shape, xxh3_128_intdigest(a))  # type: ignore[arg-type]
-                    except (BufferError, ValueError, TypeError):
-                        pass
-        if key is None:
-            key = flight_key(request)
+        key = native_flight_key(request, flight_key)  # the common case in C, shared with the native lane
         if self.cache is not None:
             hit = self._lookup(key)
             if hit is not None:

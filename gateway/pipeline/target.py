@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway._native.lane import NO_TICKET as _NO_TICKET
 from gateway.errors import GatewayError
 from gateway.types import InferRequest, InferResponse
 
@@ -34,13 +35,6 @@ class Target(Protocol):
         ...
 
 
-class NoTicket:
-    """The ticket of work that is already answered (or never queued): cancelling it does nothing."""
-
-    __slots__ = ()
-
-    def cancel(self) -> None:
-        pass
-
-
-NO_TICKET = NoTicket()
+NO_TICKET = _NO_TICKET
+"""The ticket of work that is already answered (or never queued): cancelling it does nothing (the
+native lane's, which the in-flight claims use too)."""

@@ -515,9 +515,7 @@ class HttpProtocol(asyncio.Protocol):
                         raw = lane.raw_key(body, header_len)
                         t = lane.join_raw(raw, self, seq, keep_alive, self._dataplane.inflight)
                         if t is not None:
-                            self._tickets[seq] = t
-                            if len(self._tickets) >= self._max_pipelined:
-                                self._pause_reading()
+                            self._hold(seq, t)
                             return
                     req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
                     if lane is not None and (plan is None or plan.shm is None):
@@ -525,18 +523,14 @@ class HttpProtocol(asyncio.Protocol):
                         t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
                                         self._dataplane.inflight, raw)
                         if t is not None:
-                            self._tickets[seq] = t
-                            if len(self._tickets) >= self._max_pipelined:
-                                self._pause_reading()
+                            self._hold(seq, t)
                             return
                     else:
                         note_general()
                     call = _Call(self, seq, plan, keep_alive, accept)
                     if r is not None and r.arms:  # a traffic policy: say which arm answered
                         call.arm = 2 if req.model_version else 1
-                    self._tickets[seq] = self._dataplane.submit(req, call.done, False, sticky)
-                    if len(self._tickets) >= self._max_pipelined:
-                        self._pause_reading()
+                    self._hold(seq, self._dataplane.submit(req, call.done, False, sticky))
                     return
             data = self._handle_other(seq, method, url, body, keep_alive, auth)
         except UnsupportedEncoding as exc:
@@ -554,6 +548,13 @@ class HttpProtocol(asyncio.Protocol):
             if method == b"HEAD":  # the GET's headers, content-length included, and no body
                 data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
+
+    def _hold(self, seq: int, ticket: Any) -> None:
+        """Request ``seq`` is in flight: keep its ticket (a close cancels it), and stop reading
+        while ``max_pipelined_requests`` are."""
+        self._tickets[seq] = ticket
+        if len(self._tickets) >= self._max_pipelined:
+            self._pause_reading()
 
     def _answer_general(self, seq: int, resp: InferResponse | None, err: GatewayError | None,
                         binary: frozenset[str] | None, keep_alive: bool) -> None:
