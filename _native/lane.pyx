@@ -331,8 +331,11 @@ cdef class LaneTicket:
         self._unticket()
         if data is None:
             lane = self.lane
-            data = http_answer(lane.name, lane.version, outs, self.request.id, self.binary,
-                               b"" if self.keep_alive else _CLOSE)
+            try:
+                data = http_answer(lane.name, lane.version, outs, self.request.id, self.binary,
+                                   b"" if self.keep_alive else _CLOSE)
+            except Exception:  # the general encoder names (and logs) what it cannot serialise
+                data = None
             if data is None:  # outputs the native encoder leaves to the general one
                 self.proto._answer_general(self.seq, make(self.request, outs), None, self.binary, self.keep_alive)
                 return None

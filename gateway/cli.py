@@ -38,6 +38,18 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a reader that left is then a clean stop too
+        return code
+    except BrokenPipeError:
+        # Whoever read our output went away (`gateway admin ... | head -5`): it had what it wanted.
+        # Point stdout at /dev/null so that the flush at exit does not fail once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     # numpy's OpenBLAS pool is never used on the request path, but its idle threads spin after
     # any BLAS call and take CPU from the event loop and the kernel on small machines. Set before
     # numpy is imported; an explicit setting in the environment wins.

@@ -12,6 +12,9 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 
 def free_port() -> int:
@@ -111,3 +114,29 @@ def test_workers_share_the_ports_and_stop_together() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_output_read_only_in_part_is_not_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gateway admin ... | head -5` under `set -o pipefail`: the reader leaving before the output
+    is all written (EPIPE on a write or on the last flush) is a clean exit, not a traceback."""
+    import io
+
+    from gateway import cli
+
+    fd = os.open(tmp_path / "stdout", os.O_WRONLY | os.O_CREAT)
+
+    class Gone(io.TextIOBase):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self) -> int:
+            return fd
+
+    monkeypatch.setattr(sys, "stdout", Gone())
+    try:
+        assert cli.main(["demo", "export", str(tmp_path / "demo")]) == 0  # it prints where it wrote
+    finally:
+        os.close(fd)

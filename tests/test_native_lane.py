@@ -466,3 +466,28 @@ def test_a_body_above_the_raw_key_bound_joins_by_its_tensors_after_decode(gw: Se
         s.close()
     assert [a[0] for a in answers] == [200, 200] and answers[0][2] == answers[1][2]
     assert sum(decoded()) - d0 == 2 and mv.stats.execution_count - before == 1  # decoded, then joined
+
+
+def test_an_answer_the_encoders_cannot_serialise_is_a_logged_500_and_the_server_goes_on(
+        gw: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    """No real model here returns a tensor the protocol has no datatype for (complex64), so the
+    backend's answer is replaced for one batch: the only stand-in in this file."""
+    mv = gw.app.registry.get("mlp", "1")
+    backend = mv.backend
+    real = backend.run_inline
+
+    def complex_once(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        backend.run_inline = real
+        out = real(feeds)
+        return {name: a.astype(np.complex64) for name, a in out.items()}
+
+    backend.run_inline = complex_once
+    try:
+        with caplog.at_level("ERROR"):
+            got = exchange(gw.http_port, request_bytes("/v2/models/mlp/infer", json_body(rows(1, 18), "c")))
+    finally:
+        backend.run_inline = real
+    status, _, body = split(got[0])
+    assert status == 500 and "cannot encode response" in json.loads(body)["error"]
+    assert any("encoding response failed" in r.getMessage() for r in caplog.records)
+    assert split(exchange(gw.http_port, request_bytes("/v2/models/mlp/infer", json_body(rows(1, 19))))[0])[0] == 200
