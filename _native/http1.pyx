@@ -26,11 +26,24 @@ Errors are answered by the connection: ``proto._fatal(status, message)`` and the
 good (``stopped``). The connection stops it too (``stop()``) when it closes. The reader keeps
 ``phase`` (0 idle, 1 head, 2 body) and ``since`` (the tick the phase began) for the front's
 once-a-second sweep, which times heads and bodies without a timer per request.
+
+``Connection`` is the compiled half of the front's connection (asyncpg's shape: Python policy over
+a compiled protocol): the state every request touches, and the whole way of the common infer
+request from the bytes to its ticket. The reader hands such a request to it directly, without
+an interpreted frame; ``front.http.server.HttpProtocol`` subclasses it with the rest.
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp
+
+import logging
+
+from gateway._native.inferjson import decode_fast
+
+log = logging.getLogger("gateway.front.http.server")
 
 cdef extern from "string.h":
     void* memmem(const void* haystack, size_t haystacklen, const void* needle, size_t needlelen) nogil
@@ -58,6 +71,12 @@ while _tok[0]:
 
 cdef bytes _EMPTY = b""
 cdef dict _METHODS = {m: m for m in (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE")}
+cdef bytes _POST = _METHODS[b"POST"]
+cdef bytes _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Stop(Exception):
+    """Raised from a reader callback after ``_fatal``: stop parsing what the client sent next."""
 
 
 cdef inline bint ieq(const char* s, const char* lower, Py_ssize_t n) noexcept nogil:
@@ -257,12 +276,16 @@ cdef int parse_head(const char* p, Py_ssize_t n, Head* h) noexcept nogil:
     return 0
 
 
+cdef class Connection
+
+
 cdef class RequestReader:
     """One per connection. ``feed(data, tick)`` parses what arrived and calls
     ``proto.on_request(method, url, keep_alive, body, header_len, content_encoding,
     accept_encoding, authorization, sticky)`` per complete request, in order."""
 
     cdef object proto
+    cdef Connection conn  # proto, when it is a Connection: the common infer request goes to it in C
     cdef object router
     cdef bytearray buf  # bytes received and not yet consumed
     cdef Py_ssize_t scanned  # how far into buf the head's end has been looked for
@@ -285,6 +308,7 @@ cdef class RequestReader:
 
     def __cinit__(self, proto, router, Py_ssize_t max_head, Py_ssize_t max_body, long tick=0):
         self.proto = proto
+        self.conn = proto if isinstance(proto, Connection) else None
         self.router = router
         self.buf = bytearray()
         self.max_head = max_head
@@ -496,6 +520,9 @@ cdef class RequestReader:
             self.stopped = True  # nothing after a request that closes the connection is read
         method, url, sticky = self.method, self.url, self.sticky
         self.method = self.url = self.sticky = None
+        if (self.conn is not None and method is _POST and self.ce is None and self.ae is None
+                and self.header_len != -2 and self.conn._lane_infer(url, keep_alive, body, self.header_len, sticky)):
+            return
         self.proto.on_request(method, url, keep_alive, body, self.header_len, self.ce, self.ae,
                               self.auth, sticky)
 
@@ -528,3 +555,135 @@ cdef object sticky_values(const char* p, Py_ssize_t n, dict headers):
                 out = {}
             out[key] = PyBytes_FromStringAndSize(p + vs, ve - vs)
         pos = eol + 2
+
+
+cdef class Connection:
+    """The per-request state of an HTTP connection and the common infer request's way, in C.
+
+    ``front.http.server.HttpProtocol`` is this class with everything per connection or uncommon
+    (accepting, closing, errors, every other route); it sets these fields and makes the reader.
+    What is here runs for every request: reading (``data_received``), holding tickets, writing
+    answers in request order (``_write_in_order``: pipelined answers that are ready go out in one
+    write), pausing reading while ``max_pipelined_requests`` are owed. The common infer request, a
+    POST to an infer URL seen before, with no content coding, for a version with a native lane
+    (``gateway._native.lane``), goes from the reader to its ticket in ``_lane_infer`` without an
+    interpreted frame; whatever that path does not finish it hands to the subclass's Python
+    methods at the point where it stops (``_shed``, ``_infer_rest``, ``_infer_failed``), so that
+    every request is answered as ``on_request`` would answer it."""
+
+    cdef public object transport, front, _dataplane, _router, _door, _inflight
+    cdef public RequestReader parser
+    cdef public dict _parked, _tickets, _routes
+    cdef public Py_ssize_t _seq, _next_write, _max_pipelined
+    cdef public bint _closing, _paused, _continue_due
+    cdef public long last_active
+
+    def data_received(self, data):
+        if self._closing:
+            return  # answered and closing: nothing more the client sends is read
+        tick = self.front.tick
+        self.last_active = tick
+        try:
+            self.parser.feed(data, tick)
+        except Stop:
+            pass
+        except Exception:
+            if not self._closing:  # one of our callbacks failed (not Stop): a bug, still answered
+                log.exception("reading an HTTP request failed")
+                self._fatal(500, "internal error while reading the request")
+
+    cdef bint _lane_infer(self, url, bint keep_alive, body, long long header_len, sticky) except -1:
+        """The reader's complete POST request: True when it was taken here (answered or held),
+        False when ``on_request`` must take it (nothing was changed)."""
+        cdef PyObject* found
+        cdef Py_ssize_t seq
+        if self._closing:
+            return True  # on_request would drop it too
+        found = PyDict_GetItem(self._routes, url)
+        if found == NULL or not self.lane_ok:
+            return False
+        route = <object>found
+        r = self._router.table.get(route[0])
+        if r is None:
+            return False
+        lane = r.lanes.get(route[1])
+        if lane is None:
+            return False
+        seq = self._seq
+        self._seq = seq + 1
+        self._continue_due = False
+        fast = None
+        try:
+            if self._door.refuse():
+                self._shed(seq, route, keep_alive)
+                return True
+            raw = lane.raw_key(body, header_len)
+            t = lane.join_raw(raw, self, seq, keep_alive, self._inflight)
+            if t is None:
+                fast = decode_fast(body, header_len, route[0], route[1])
+                if fast is not None:
+                    t = lane.submit(fast[0], fast[1], self, seq, keep_alive, self._inflight, raw)
+                if t is None:  # the general decoder's body, or the general stages' request
+                    self._infer_rest(seq, url, route, lane, raw, body, header_len, keep_alive, None, sticky, fast)
+                    return True
+            self._hold(seq, t)
+        except Exception as exc:
+            self._infer_failed(seq, url, None if fast is not None else route, exc, keep_alive)
+        return True
+
+    cpdef _hold(self, Py_ssize_t seq, ticket):
+        """Request ``seq`` is in flight: keep its ticket (a close cancels it), and stop reading
+        while ``max_pipelined_requests`` are."""
+        cdef dict tickets = self._tickets
+        tickets[seq] = ticket
+        if len(tickets) >= self._max_pipelined:
+            self._pause_reading()
+
+    cpdef _pause_reading(self):
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    cpdef _resume_reading(self):
+        if self._paused and self.transport is not None and not self._closing:
+            self._paused = False
+            if self.parser.phase != IDLE:
+                self.parser.since = self.front.tick  # the time we did not read was ours, not the client's
+            self.transport.resume_reading()
+
+    cpdef _write_in_order(self, Py_ssize_t seq, data, bint close):
+        """Write the answer to request ``seq`` now if it is next, with the answers parked behind
+        it that are now due (one write); else park it until its turn."""
+        cdef dict parked
+        cdef list out
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if seq != self._next_write:
+            self._parked[seq] = (data, close)
+            return
+        self.last_active = self.front.tick
+        self._next_write = seq + 1
+        parked = self._parked
+        if close or not parked:
+            t.write(data)
+        else:
+            out = [data]
+            while parked:
+                nxt = parked.pop(self._next_write, None)
+                if nxt is None:
+                    break
+                out.append(nxt[0])
+                self._next_write += 1
+                if nxt[1]:
+                    close = True
+                    break
+            t.write(data if len(out) == 1 else b"".join(out))
+        if close:
+            t.close()
+            return
+        if self._continue_due and self._next_write == self._seq:  # the waiting request is next now
+            self._continue_due = False
+            t.write(_CONTINUE)
+        if self._paused and len(self._tickets) < self._max_pipelined // 2:
+            self._resume_reading()

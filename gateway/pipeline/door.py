@@ -35,12 +35,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from gateway._native.door import DoorState
 from gateway.errors import Code, GatewayError
 
 
-class Door:
-    __slots__ = ("target_s", "tick_s", "clock", "shut", "refused", "asked", "lag_s", "max_lag_s", "_overdue",
-                 "_timer")
+class Door(DoorState):
+    """The door: ``refuse`` (in C, ``_native.door``) is asked by every infer request."""
+
+    __slots__ = ("_timer",)
 
     def __init__(self, target_s: float, tick_s: float = 0.005,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -89,16 +91,6 @@ class Door:
         self.shut = lag > self.target_s and self.asked > 1
         self.asked = 0
         self._overdue = now + self.tick_s + self.target_s
-
-    def refuse(self) -> bool:
-        """True: refuse this infer request now (and it is counted). One clock read per request."""
-        self.asked += 1
-        if not self.shut:
-            if self.asked == 1 or self.clock() <= self._overdue:
-                return False
-            self.shut = True  # this pass has outlived the target: shut until the next tick
-        self.refused += 1
-        return True
 
     def error(self) -> GatewayError:
         """What a refused request is told (the fronts build their answer from it once)."""

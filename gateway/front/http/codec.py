@@ -46,16 +46,21 @@ def decode_infer(body: bytes, header_length: int, model: str, version: str,
     the rest, and every malformed body, by ``decode_general``, which names what is wrong."""
     fast = decode_fast(body, header_length, model, version)
     if fast is not None:
-        binary = fast[1]
-        if binary is None:
-            return fast[0], None
-        plan = _PLANS.get(binary)
-        if plan is None:
-            if len(_PLANS) > 4096:
-                _PLANS.clear()
-            plan = _PLANS[binary] = EncodePlan(binary)
-        return fast[0], plan
+        return fast[0], plan_for(fast[1])
     return decode_general(body, header_length, model, version, shm)
+
+
+def plan_for(binary: frozenset[str] | None) -> EncodePlan | None:
+    """The encode plan of a request the native decoder took (``binary``: its binary outputs), shared
+    by every request that asks for the same ones."""
+    if binary is None:
+        return None
+    plan = _PLANS.get(binary)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[binary] = EncodePlan(binary)
+    return plan
 
 
 _PLANS: dict[frozenset[str], EncodePlan] = {_BINARY_ALL.binary: _BINARY_ALL}  # type: ignore[dict-item]

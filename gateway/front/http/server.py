@@ -27,14 +27,14 @@ import select
 from typing import Any
 from urllib.parse import unquote
 
-from gateway._native.http1 import RequestReader
+from gateway._native.http1 import Connection, RequestReader, Stop
 from gateway._native.inferenc import http_response
 from gateway._native.lane import note_general
 from gateway.dataplane import DataPlane
 from gateway.errors import Code, GatewayError
 from gateway.front.http.accept import Listener, bind
 from gateway.front.http.admin import check_token, is_admin_path, route_admin, route_outcomes
-from gateway.front.http.codec import decode_infer, dumps, encode_infer
+from gateway.front.http.codec import decode_infer, dumps, encode_infer, plan_for
 from gateway.front.http.compress import ACCEPTED, UnsupportedEncoding, decode_body, encode_body
 from gateway.front.http.routes import route_get, route_post_admin, route_post_now
 from gateway.front.plan import EncodePlan
@@ -76,10 +76,6 @@ def error_response(err: GatewayError, close: bool = False) -> bytes:
     if err.code is Code.UNAUTHENTICATED:
         extra += b'www-authenticate: Bearer realm="gateway admin"\r\n'
     return build_response(status, dumps({"error": err.message}), extra=extra, close=close)
-
-
-class _Stop(Exception):
-    """Raised from a reader callback after ``_fatal``: stop parsing what the client sent next."""
 
 
 # Where a connection is in its current request; the sweep times the head and body phases.
@@ -322,20 +318,23 @@ class HttpFront:
         return r
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(Connection, asyncio.Protocol):
+    """One HTTP connection: its per-request state, reading, ticket keeping, in-order writing and
+    the common infer request are in C (``_native.http1.Connection``); the rest is here."""
+
     lane_ok = True
     """Infer requests may take the version's native lane (``gateway._native.lane``). A subclass
     that must see every request pass through the data plane (the access log's request ids) says no."""
 
-    __slots__ = ("front", "transport", "parser", "_continue_due", "_seq", "_next_write", "_parked", "_tickets",
-                 "_closing", "_paused", "last_active", "_dataplane", "_max_body", "_max_pipelined", "_reserve",
-                 "_router", "_door")
+    __slots__ = ("_max_body", "_reserve")
 
     def __init__(self, front: HttpFront) -> None:
         self.front = front
         self._dataplane = front.dataplane
         self._router = front.dataplane.router
         self._door = front.dataplane.door
+        self._inflight = front.dataplane.inflight
+        self._routes = front.infer_routes
         self._max_body = front.settings.max_body_bytes
         self._max_pipelined = front.settings.max_pipelined_requests
         self.transport: asyncio.Transport | None = None
@@ -419,31 +418,6 @@ class HttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._resume_reading()
 
-    def _pause_reading(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._paused and self.transport is not None and not self._closing:
-            self._paused = False
-            if self.parser.phase != _IDLE:
-                self.parser.since = self.front.tick  # the time we did not read was ours, not the client's
-            self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self._closing:
-            return  # answered and closing: nothing more the client sends is read
-        self.last_active = self.front.tick
-        try:
-            self.parser.feed(data, self.front.tick)
-        except _Stop:
-            pass
-        except Exception:
-            if not self._closing:  # one of our callbacks failed (not _Stop): a bug, still answered
-                log.exception("reading an HTTP request failed")
-                self._fatal(500, "internal error while reading the request")
-
     def _fatal(self, status: int, message: str, extra: bytes = b"") -> None:
         """Answer (in order) and close: the byte stream cannot be trusted past this point.
 
@@ -484,18 +458,19 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._fatal(503, f"server is at max_connections ({self.front.max_connections}); this connection "
                          "may only ask for /v2/health/* and /metrics", _RETRY)
-        raise _Stop
+        raise Stop
 
     def on_request(self, method: bytes, url: bytes, keep_alive: bool, body: bytes, header_len: int,
                    content_encoding: bytes | None, accept: bytes | None, auth: bytes | None,
                    sticky: dict[str, bytes] | None) -> None:
-        """One complete request (the reader's only per-request call)."""
+        """One complete request the reader did not give to ``Connection._lane_infer`` (the
+        reader's only per-request call into Python)."""
         if self._closing:
             return
         seq = self._seq
         self._seq += 1
         self._continue_due = False
-        route = req = None
+        route = None
         try:
             if content_encoding is not None:  # only requests that sent one pay for decoding
                 body = decode_body(body, content_encoding, self._max_body)
@@ -503,8 +478,7 @@ class HttpProtocol(asyncio.Protocol):
                 route = self.front.infer_routes.get(url) or self.front.infer_route(url)
                 if route is not None:
                     if self._door.refuse():  # the loop is late: refuse before the decode, which costs most
-                        self._dataplane.record_rejected(route[0], route[1], Code.RESOURCE_EXHAUSTED)
-                        self._write_in_order(seq, self.front.shed_answers[keep_alive], not keep_alive)
+                        self._shed(seq, route, keep_alive)
                         return
                     if header_len == -2:
                         raise GatewayError(Code.INVALID_ARGUMENT, "Inference-Header-Content-Length is not an integer")
@@ -517,79 +491,76 @@ class HttpProtocol(asyncio.Protocol):
                         if t is not None:
                             self._hold(seq, t)
                             return
-                    req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
-                    if lane is not None and (plan is None or plan.shm is None):
-                        # the version's native lane (it counts which way each request went)
-                        t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
-                                        self._dataplane.inflight, raw)
-                        if t is not None:
-                            self._hold(seq, t)
-                            return
-                    else:
-                        note_general()
-                    call = _Call(self, seq, plan, keep_alive, accept)
-                    if r is not None and r.arms:  # a traffic policy: say which arm answered
-                        call.arm = 2 if req.model_version else 1
-                    self._hold(seq, self._dataplane.submit(req, call.done, False, sticky))
+                    self._infer_rest(seq, url, route, lane, raw, body, header_len, keep_alive, accept, sticky, None)
                     return
             data = self._handle_other(seq, method, url, body, keep_alive, auth)
-        except UnsupportedEncoding as exc:
-            data = build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
-                                  extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
-        except GatewayError as err:
-            if route is not None and req is None:  # not decoded (submit counts its own rejections)
-                self._dataplane.record_rejected(route[0], route[1], err.code)
-            data = error_response(err, not keep_alive)
-        except Exception as exc:  # a failure we did not foresee: still exactly one answer, logged once
-            log.exception("unhandled error on %s %s", method.decode("latin-1"), url[:200].decode("latin-1"))
-            data = error_response(GatewayError(Code.INTERNAL, f"internal error: {type(exc).__name__}: "
-                                                              f"{str(exc)[:200]}"), not keep_alive)
+        except Exception as exc:
+            data = self._error_answer(exc, route, method, url, keep_alive)
         if data is not None:
             if method == b"HEAD":  # the GET's headers, content-length included, and no body
                 data = data[:data.index(b"\r\n\r\n") + 4]
             self._write_in_order(seq, data, not keep_alive)
 
-    def _hold(self, seq: int, ticket: Any) -> None:
-        """Request ``seq`` is in flight: keep its ticket (a close cancels it), and stop reading
-        while ``max_pipelined_requests`` are."""
-        self._tickets[seq] = ticket
-        if len(self._tickets) >= self._max_pipelined:
-            self._pause_reading()
+    def _infer_rest(self, seq: int, url: bytes, route: tuple[str, str], lane: Any, raw: Any, body: bytes,
+                    header_len: int, keep_alive: bool, accept: bytes | None, sticky: dict[str, bytes] | None,
+                    fast: tuple[Any, frozenset[str] | None] | None) -> None:
+        """Infer request ``seq`` from its decode on (``fast``: what the native decoder made of it,
+        which ``lane`` declined): the lane if it takes it, else the general stages; answered
+        whatever happens."""
+        req = None
+        try:
+            if fast is not None:
+                req, plan = fast[0], plan_for(fast[1])
+            else:
+                req, plan = decode_infer(body, header_len, route[0], route[1], self._dataplane.shm)
+                if lane is not None and (plan is None or plan.shm is None):
+                    # the version's native lane (it counts which way each request went)
+                    t = lane.submit(req, None if plan is None else plan.binary, self, seq, keep_alive,
+                                    self._dataplane.inflight, raw)
+                    if t is not None:
+                        self._hold(seq, t)
+                        return
+                else:
+                    note_general()
+            call = _Call(self, seq, plan, keep_alive, accept)
+            r = self._router.table.get(route[0])
+            if r is not None and r.arms:  # a traffic policy: say which arm answered
+                call.arm = 2 if req.model_version else 1
+            self._hold(seq, self._dataplane.submit(req, call.done, False, sticky))
+        except Exception as exc:
+            self._infer_failed(seq, url, route if req is None else None, exc, keep_alive)
+
+    def _shed(self, seq: int, route: tuple[str, str], keep_alive: bool) -> None:
+        """The door refused infer request ``seq``: counted, and answered 429 at once."""
+        self._dataplane.record_rejected(route[0], route[1], Code.RESOURCE_EXHAUSTED)
+        self._write_in_order(seq, self.front.shed_answers[keep_alive], not keep_alive)
+
+    def _infer_failed(self, seq: int, url: bytes, route: tuple[str, str] | None, exc: Exception,
+                      keep_alive: bool) -> None:
+        """Infer request ``seq`` raised ``exc`` (``route``: it was not decoded, so its rejection
+        is counted here; the stages count their own)."""
+        self._write_in_order(seq, self._error_answer(exc, route, b"POST", url, keep_alive), not keep_alive)
+
+    def _error_answer(self, exc: Exception, route: tuple[str, str] | None, method: bytes, url: bytes,
+                      keep_alive: bool) -> bytes:
+        """The answer to a request whose handling raised ``exc``: the protocol's error for ours, a
+        logged 500 for one we did not foresee (still exactly one answer)."""
+        if isinstance(exc, UnsupportedEncoding):
+            return build_response(415, dumps({"error": str(exc)}), close=not keep_alive,
+                                  extra=b"accept-encoding: " + ACCEPTED + b"\r\n")
+        if isinstance(exc, GatewayError):
+            if route is not None:
+                self._dataplane.record_rejected(route[0], route[1], exc.code)
+            return error_response(exc, not keep_alive)
+        log.error("unhandled error on %s %s", method.decode("latin-1"), url[:200].decode("latin-1"), exc_info=exc)
+        return error_response(GatewayError(Code.INTERNAL, f"internal error: {type(exc).__name__}: "
+                                                          f"{str(exc)[:200]}"), not keep_alive)
 
     def _answer_general(self, seq: int, resp: InferResponse | None, err: GatewayError | None,
                         binary: frozenset[str] | None, keep_alive: bool) -> None:
         """A lane request's answer that the native encoder leaves to the general one (an error, or
         outputs it does not encode): as ``_Call`` answers it."""
         _Call(self, seq, EncodePlan(binary) if binary else None, keep_alive).done(resp, err)
-
-    def _write_in_order(self, seq: int, data: bytes, close: bool) -> None:
-        t = self.transport
-        if t is None or t.is_closing():
-            return
-        if seq != self._next_write:
-            self._parked[seq] = (data, close)
-            return
-        self.last_active = self.front.tick
-        t.write(data)
-        self._next_write = seq + 1
-        if close:
-            t.close()
-            return
-        parked = self._parked
-        while parked:
-            nxt = parked.pop(self._next_write, None)
-            if nxt is None:
-                break
-            t.write(nxt[0])
-            self._next_write += 1
-            if nxt[1]:
-                t.close()
-                return
-        if self._continue_due and self._next_write == self._seq:  # the waiting request is next now
-            self._continue_due = False
-            t.write(_CONTINUE)
-        if self._paused and len(self._tickets) < self._max_pipelined // 2:
-            self._resume_reading()
 
     # ---- everything else ---------------------------------------------------------------------
     def _handle_other(self, seq: int, method: bytes, url: bytes, body: bytes, keep_alive: bool,
