@@ -294,6 +294,9 @@ cdef class RequestReader:
     cdef public bint stopped
     cdef public bint check_head  # call proto.check_head(method, url) when a head is complete
     cdef public Py_ssize_t messages  # requests completed
+    cdef public object tap
+    """None, or called with (method, url) as each request is complete, before it is handled (a
+    harness that checks every answer against its request: the fast path calls no Python method)."""
     cdef Py_ssize_t max_head
     cdef Py_ssize_t max_body
     # the request whose body is being read
@@ -520,6 +523,8 @@ cdef class RequestReader:
             self.stopped = True  # nothing after a request that closes the connection is read
         method, url, sticky = self.method, self.url, self.sticky
         self.method = self.url = self.sticky = None
+        if self.tap is not None:
+            self.tap(method, url)
         if (self.conn is not None and method is _POST and self.ce is None and self.ae is None
                 and self.header_len != -2 and self.conn._lane_infer(url, keep_alive, body, self.header_len, sticky)):
             return

@@ -93,11 +93,11 @@ class _Recorded(HttpProtocol):
     def __init__(self, front: HttpFront) -> None:
         super().__init__(front)
         self.requests: dict[int, tuple[bytes, bytes]] = {}  # seq -> (method, url)
+        self.parser.tap = self._note  # every request, the ones the compiled path takes too
 
-    def on_request(self, method: bytes, url: bytes, *rest: Any) -> None:
+    def _note(self, method: bytes, url: bytes) -> None:
         if not self._closing:
             self.requests[self._seq] = (method, url)
-        super().on_request(method, url, *rest)
 
 
 class _Errors(logging.Handler):

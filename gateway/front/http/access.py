@@ -65,7 +65,7 @@ class AccessLoggedProtocol(HttpProtocol):
         self._pending: dict[int, _Pending] = {}
         self._current: _Pending | None = None
         self._client = ""
-        self._dataplane = _IdTap(self, front.dataplane)  # type: ignore[assignment]
+        self._dataplane = _IdTap(self, front.dataplane)
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
