@@ -22,6 +22,27 @@ ROOT = Path(__file__).resolve().parent
 DEBUG = os.environ.get("GATEWAY_DEBUG") == "1"
 
 NATIVE_MODULES = sorted(p.stem for p in (ROOT / "_native").glob("*.pyx"))
+# Modules that link a system library: name -> (libraries, header that must exist, the Debian package).
+SYSTEM_LIBS = {"h2": (["nghttp2"], "nghttp2/nghttp2.h", "libnghttp2-dev")}
+_INCLUDE_DIRS = ("/usr/include", "/usr/local/include", *os.environ.get("CPATH", "").split(":"))
+
+
+def _has_header(header: str) -> bool:
+    return any(d and (Path(d) / header).is_file() for d in _INCLUDE_DIRS)
+
+
+def _native_modules() -> list[str]:
+    """Every _native/*.pyx; one whose system library's headers are missing is left out, loudly
+    (the server then refuses the setting that needs it, naming the package: grpc_front)."""
+    names = []
+    for name in NATIVE_MODULES:
+        if name in SYSTEM_LIBS and not _has_header(SYSTEM_LIBS[name][1]):
+            print(f"\n*** gateway: NOT building gateway._native.{name}: {SYSTEM_LIBS[name][1]} is missing "
+                  f"(Debian/Ubuntu: apt-get install {SYSTEM_LIBS[name][2]}); the native gRPC front will refuse "
+                  "to start until it is installed and the package rebuilt ***\n", file=sys.stderr)
+            continue
+        names.append(name)
+    return names
 
 
 def _extensions() -> list[Extension]:
@@ -34,9 +55,10 @@ def _extensions() -> list[Extension]:
             [f"_native/{name}.pyx"],
             include_dirs=[numpy.get_include(), "_native"],
             define_macros=macros,
+            libraries=SYSTEM_LIBS[name][0] if name in SYSTEM_LIBS else [],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
         )
-        for name in NATIVE_MODULES
+        for name in _native_modules()
     ]
     directives = {
         "language_level": "3",

@@ -100,7 +100,11 @@ class App:
         self.traffic.start()
         self.dataplane.door.start()
         await self.http.start()
-        if self.settings.grpc_port >= 0:
+        if self.settings.grpc_port >= 0 and self.settings.grpc_front == "native":
+            from gateway.front.grpc.native import start_native_grpc_front
+
+            self.grpc = await start_native_grpc_front(self.dataplane, self.settings)
+        elif self.settings.grpc_port >= 0:
             from gateway.front.grpc.server import start_grpc_front
 
             self.grpc = await start_grpc_front(self.dataplane, self.settings)

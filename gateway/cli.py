@@ -23,6 +23,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to bind (default 127.0.0.1)")
     p.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any free port)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free port; -1 = off)")
+    p.add_argument("--grpc-front", choices=["native", "grpcio"],
+                   help="gRPC front: native (HTTP/2 in C, libnghttp2) or grpcio (grpc.aio; the default)")
     p.add_argument("--config", help="server settings file (TOML)")
     p.add_argument("--max-body-bytes", type=int, help="largest HTTP body accepted (413 past it)")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")
@@ -96,7 +98,8 @@ def _main(argv: list[str] | None) -> int:
 
         overrides = {
             "model_repository": args.model_repository, "demo": args.demo, "host": args.host,
-            "http_port": args.http_port, "grpc_port": args.grpc_port, "max_body_bytes": args.max_body_bytes,
+            "http_port": args.http_port, "grpc_port": args.grpc_port, "grpc_front": args.grpc_front,
+            "max_body_bytes": args.max_body_bytes,
             "loop": args.loop, "log_level": args.log_level, "workers": args.workers,
             "allow_client_shm": args.allow_client_shm,
             "log_format": args.log_format, "access_log": args.access_log, "server_name": args.server_name,
@@ -105,6 +108,11 @@ def _main(argv: list[str] | None) -> int:
             settings = ServerSettings.load(args.config, overrides=overrides)
         except (ValueError, OSError) as exc:
             parser.error(str(exc))
+        if settings.grpc_front == "native" and settings.grpc_port >= 0:
+            from gateway.front.grpc.native import MISSING
+
+            if MISSING is not None:  # refuse to start rather than serve another front than asked
+                parser.error(MISSING)
         return serve(settings, ServerSettings.unknown_env())
     return 2
 

@@ -55,6 +55,11 @@ class ServerSettings:
     """With max_connections 0: fds kept from HTTP for gRPC, models, logs; 0: RLIMIT_NOFILE / 4."""
     health_connections: int = 16
     """HTTP connections past max_connections accepted for /v2/health/* and /metrics only."""
+    grpc_front: str = "grpcio"
+    """The gRPC front: "native" (HTTP/2 in C on libnghttp2, gateway.front.grpc.native; needs the
+    system package libnghttp2-dev at build time) or "grpcio" (grpc.aio)."""
+    grpc_max_concurrent_streams: int = 1024
+    """Calls one gRPC connection may have open at once (native front: its HTTP/2 SETTINGS)."""
     grpc_max_message_bytes: int = 64 * 1024 * 1024
     """Largest gRPC message received or sent; larger gets RESOURCE_EXHAUSTED."""
     grpc_max_inflight_bytes: int = 512 * 1024 * 1024
@@ -197,6 +202,10 @@ class ServerSettings:
             raise ValueError(f"setting workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.http_port == 0 or self.grpc_port == 0):
             raise ValueError("setting workers > 1 needs fixed ports (http_port and grpc_port not 0)")
+        if self.grpc_front not in ("native", "grpcio"):
+            raise ValueError(f"setting grpc_front must be 'native' or 'grpcio', got {self.grpc_front!r}")
+        if self.grpc_max_concurrent_streams < 1:
+            raise ValueError(f"setting grpc_max_concurrent_streams must be >= 1, got {self.grpc_max_concurrent_streams}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"setting log_format must be 'text' or 'json', got {self.log_format!r}")
         if self.loop not in ("uvloop", "asyncio"):

@@ -12,9 +12,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from models import build_test_repository  # noqa: E402
 
+from gateway.front.grpc.native import MISSING as NATIVE_GRPC_MISSING  # noqa: E402
 from gateway.testing import ServerThread  # noqa: E402
 
 LOOPS = ["asyncio", "uvloop"]
+# The gRPC suites run against both fronts (grpc_front); native only where libnghttp2 was built in.
+GRPC_FRONTS = [pytest.param("native", marks=pytest.mark.skipif(NATIVE_GRPC_MISSING is not None,
+                                                               reason=str(NATIVE_GRPC_MISSING))), "grpcio"]
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +29,18 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session", params=LOOPS)
 def loop_name(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="module", params=GRPC_FRONTS)
+def grpc_front(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def grpc_server(repo: Path, loop_name: str, grpc_front: str) -> Iterator[ServerThread]:
+    """A gateway per event loop kind and gRPC front, for the gRPC suites that only read from it."""
+    with ServerThread(repository=repo, loop=loop_name, grpc_front=grpc_front) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

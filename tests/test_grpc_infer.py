@@ -34,8 +34,8 @@ def code_of(exc: InferenceServerException) -> str:
     return str(exc.status())
 
 
-def test_health_metadata_config_statistics(server: ServerThread) -> None:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def test_health_metadata_config_statistics(grpc_server: ServerThread) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     assert c.is_server_live() and c.is_server_ready()
     assert "statistics" in c.get_server_metadata().extensions
     assert c.is_model_ready("mlp") and c.is_model_ready("mlp", "1") and not c.is_model_ready("nope")
@@ -54,8 +54,8 @@ def test_health_metadata_config_statistics(server: ServerThread) -> None:
     assert code_of(info.value) == "StatusCode.NOT_FOUND" and "nope" in info.value.message()
 
 
-def test_mlp_matches_onnxruntime(server: ServerThread, repo: Path) -> None:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def test_mlp_matches_onnxruntime(grpc_server: ServerThread, repo: Path) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     for version in ("1", "2"):
         r = c.infer("mlp", [make_input("INPUT0", x, "FP32")], model_version=version, request_id=f"v{version}")
@@ -65,8 +65,8 @@ def test_mlp_matches_onnxruntime(server: ServerThread, repo: Path) -> None:
 
 
 @pytest.mark.parametrize("datatype", ALL_TYPES)
-def test_every_datatype_round_trips(server: ServerThread, datatype: str) -> None:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def test_every_datatype_round_trips(grpc_server: ServerThread, datatype: str) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     x = random_array(datatype, (3, 4), np.random.default_rng(1))
     r = c.infer(f"identity_{datatype.lower()}", [make_input("INPUT0", x, datatype)])
     out = r.as_numpy("OUTPUT0")
@@ -79,12 +79,12 @@ def test_every_datatype_round_trips(server: ServerThread, datatype: str) -> None
 
 
 @pytest.mark.parametrize("datatype", [t for t in ALL_TYPES if t in CONTENTS_FIELD])
-def test_typed_contents_with_triton_stubs(server: ServerThread, datatype: str) -> None:
+def test_typed_contents_with_triton_stubs(grpc_server: ServerThread, datatype: str) -> None:
     x = random_array(datatype, (2, 4), np.random.default_rng(2))
     req = service_pb2.ModelInferRequest(model_name=f"identity_{datatype.lower()}", id="typed")
     t = req.inputs.add(name="INPUT0", datatype=datatype, shape=[2, 4])
     getattr(t.contents, CONTENTS_FIELD[datatype]).extend(x.ravel().tolist())
-    with grpc.insecure_channel(server.grpc_url) as ch:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch:
         resp = service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
     assert resp.id == "typed" and list(resp.outputs[0].shape) == [2, 4]
     result = grpcclient.InferResult(resp)
@@ -92,8 +92,8 @@ def test_typed_contents_with_triton_stubs(server: ServerThread, datatype: str) -
     assert got.tolist() == x.tolist()
 
 
-def test_multiple_inputs_requested_outputs_parameters(server: ServerThread, repo: Path) -> None:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def test_multiple_inputs_requested_outputs_parameters(grpc_server: ServerThread, repo: Path) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     rng = np.random.default_rng(3)
     a = rng.standard_normal((2, 3)).astype(np.float32)
     b = rng.integers(-100, 100, (2, 2)).astype(np.int64)
@@ -110,8 +110,8 @@ def test_multiple_inputs_requested_outputs_parameters(server: ServerThread, repo
     np.testing.assert_array_equal(only.as_numpy("N"), ref["N"])
 
 
-def test_errors_map_to_status_codes(server: ServerThread) -> None:
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+def test_errors_map_to_status_codes(grpc_server: ServerThread) -> None:
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     x = np.zeros((1, 64), np.float32)
     cases = [
         (lambda: c.infer("nope", [make_input("INPUT0", x, "FP32")]), "NOT_FOUND", "nope"),
@@ -128,21 +128,21 @@ def test_errors_map_to_status_codes(server: ServerThread) -> None:
         assert word in info.value.message(), info.value.message()
 
 
-def test_raw_size_mismatch_is_invalid_argument_naming_the_input(server: ServerThread) -> None:
+def test_raw_size_mismatch_is_invalid_argument_naming_the_input(grpc_server: ServerThread) -> None:
     req = service_pb2.ModelInferRequest(model_name="mlp")
     req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
     req.raw_input_contents.append(b"\x00" * 255)
-    with grpc.insecure_channel(server.grpc_url) as ch, pytest.raises(grpc.RpcError) as info:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch, pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
     assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "'INPUT0'" in info.value.details() and "255" in info.value.details()
 
 
 @pytest.mark.asyncio
-async def test_aio_client(server: ServerThread, repo: Path) -> None:
+async def test_aio_client(grpc_server: ServerThread, repo: Path) -> None:
     import asyncio
 
-    async with aioclient.InferenceServerClient(server.grpc_url) as c:
+    async with aioclient.InferenceServerClient(grpc_server.grpc_url) as c:
         assert await c.is_server_live() and await c.is_model_ready("mlp")
         assert (await c.get_model_metadata("mlp")).name == "mlp"
         xs = [np.random.default_rng(i).standard_normal((1 + i % 3, 64)).astype(np.float32) for i in range(20)]
@@ -164,12 +164,12 @@ async def test_aio_client(server: ServerThread, repo: Path) -> None:
     ([1 << 62, 4], "BYTES", [b""]),           # more elements than the bytes could hold
     ([1] * 65, "FP32", [b"\0\0\0\0"]),        # past numpy's 64 dimensions
 ], ids=["zero-size-overflow-raw", "zero-size-overflow-typed", "bytes-count-overflow", "65-dims"])
-def test_impossible_shapes_are_invalid_argument_not_internal(server: ServerThread, shape, datatype, raw) -> None:
+def test_impossible_shapes_are_invalid_argument_not_internal(grpc_server: ServerThread, shape, datatype, raw) -> None:
     req = service_pb2.ModelInferRequest(model_name="mlp" if datatype == "FP32" else "identity_bytes")
     req.inputs.add(name="INPUT0", datatype=datatype, shape=shape)
     if raw is not None:
         req.raw_input_contents.extend(raw)
-    with grpc.insecure_channel(server.grpc_url) as ch:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch:
         with pytest.raises(grpc.RpcError) as e:
             service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(req, timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()

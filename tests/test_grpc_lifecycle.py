@@ -43,9 +43,9 @@ def doubler_model() -> object:
 
 
 @pytest.fixture
-def slow_server(tmp_path: Path, loop_name: str) -> Iterator[ServerThread]:
+def slow_server(tmp_path: Path, loop_name: str, grpc_front: str) -> Iterator[ServerThread]:
     write_model(tmp_path, "slow", 1, mlp_model(seed=3), SLOW)
-    with ServerThread(repository=tmp_path, loop=loop_name) as srv:
+    with ServerThread(repository=tmp_path, loop=loop_name, grpc_front=grpc_front) as srv:
         yield srv
 
 
@@ -77,9 +77,9 @@ def test_deadline_and_cancel_leave_work_uncomputed(slow_server: ServerThread) ->
     assert len(answers) == 1 and answers[0][0] is None
 
 
-def test_graceful_stop_finishes_in_flight_calls(tmp_path: Path, loop_name: str) -> None:
+def test_graceful_stop_finishes_in_flight_calls(tmp_path: Path, loop_name: str, grpc_front: str) -> None:
     write_model(tmp_path, "slowish", 1, mlp_model(seed=4), "max_batch_size = 8\nmax_queue_delay_us = 300000\n")
-    srv = ServerThread(repository=tmp_path, loop=loop_name)
+    srv = ServerThread(repository=tmp_path, loop=loop_name, grpc_front=grpc_front)
     srv.__enter__()
     c = grpcclient.InferenceServerClient(srv.grpc_url)
     done = threading.Event()
@@ -95,10 +95,10 @@ def test_graceful_stop_finishes_in_flight_calls(tmp_path: Path, loop_name: str) 
         c.is_server_live()
 
 
-def test_load_unload_while_another_model_is_under_load(tmp_path: Path, loop_name: str) -> None:
+def test_load_unload_while_another_model_is_under_load(tmp_path: Path, loop_name: str, grpc_front: str) -> None:
     write_model(tmp_path, "busy", 1, mlp_model(seed=5))
     write_model(tmp_path, "other", 1, add_sub_model())
-    with ServerThread(repository=tmp_path, loop=loop_name) as srv:
+    with ServerThread(repository=tmp_path, loop=loop_name, grpc_front=grpc_front) as srv:
         stop = threading.Event()
         failures: list[BaseException] = []
         counts = [0] * 4
@@ -144,10 +144,11 @@ def test_load_unload_while_another_model_is_under_load(tmp_path: Path, loop_name
         assert all(n > 0 for n in counts)
 
 
-def test_message_size_limits(tmp_path: Path) -> None:
+def test_message_size_limits(tmp_path: Path, grpc_front: str) -> None:
     write_model(tmp_path, "doubler", 1, doubler_model())
     limit = 1 << 20
-    with ServerThread(repository=tmp_path, loop="uvloop", grpc_max_message_bytes=limit) as srv:
+    with ServerThread(repository=tmp_path, loop="uvloop", grpc_max_message_bytes=limit,
+                      grpc_front=grpc_front) as srv:
         c = grpcclient.InferenceServerClient(srv.grpc_url)
         ok = c.infer("doubler", inp(np.ones((1, 1000), np.float32)))
         assert ok.as_numpy("OUTPUT0").shape == (1, 2000)

@@ -32,12 +32,12 @@ def inp(x: np.ndarray) -> list[grpcclient.InferInput]:
     return [i]
 
 
-def test_thousand_requests_on_one_stream(server: ServerThread, repo: Path) -> None:
+def test_thousand_requests_on_one_stream(grpc_server: ServerThread, repo: Path) -> None:
     n, bad_at = 1000, 500
     xs = np.random.default_rng(7).standard_normal((n, 64)).astype(np.float32)
     expected = mlp_reference(repo, xs)
     answers: queue.Queue = queue.Queue()
-    c = grpcclient.InferenceServerClient(server.grpc_url)
+    c = grpcclient.InferenceServerClient(grpc_server.grpc_url)
     c.start_stream(callback=lambda result, error: answers.put((result, error)))
     try:
         for i in range(n):
@@ -64,7 +64,7 @@ def test_thousand_requests_on_one_stream(server: ServerThread, repo: Path) -> No
 
 
 @pytest.mark.asyncio
-async def test_aio_stream(server: ServerThread, repo: Path) -> None:
+async def test_aio_stream(grpc_server: ServerThread, repo: Path) -> None:
     xs = np.random.default_rng(8).standard_normal((50, 64)).astype(np.float32)
     expected = mlp_reference(repo, xs)
 
@@ -75,7 +75,7 @@ async def test_aio_stream(server: ServerThread, repo: Path) -> None:
                 yield {"model_name": "nope", "inputs": inp(xs[i : i + 1]), "request_id": "bad"}
 
     got, errors = {}, []
-    async with aioclient.InferenceServerClient(server.grpc_url) as c:
+    async with aioclient.InferenceServerClient(grpc_server.grpc_url) as c:
         async for result, error in c.stream_infer(requests(), stream_timeout=60):
             if error is not None:
                 errors.append(error)
@@ -89,7 +89,7 @@ async def test_aio_stream(server: ServerThread, repo: Path) -> None:
         np.testing.assert_allclose(got[str(i)][0], expected[i], rtol=1e-5, atol=1e-5)
 
 
-def test_stream_error_answer_names_the_request(server: ServerThread) -> None:
+def test_stream_error_answer_names_the_request(grpc_server: ServerThread) -> None:
     """With the raw stubs an error answer carries the request's id, so it can be matched."""
     def reqs():
         r = service_pb2.ModelInferRequest(model_name="mlp", id="raw-bad")
@@ -101,7 +101,7 @@ def test_stream_error_answer_names_the_request(server: ServerThread) -> None:
         ok.raw_input_contents.append(b"\x00" * 256)
         yield ok
 
-    with grpc.insecure_channel(server.grpc_url) as ch:
+    with grpc.insecure_channel(grpc_server.grpc_url) as ch:
         answers = list(service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelStreamInfer(reqs(), timeout=30))
     by_id = {a.infer_response.id: a for a in answers}
     assert set(by_id) == {"raw-bad", "raw-ok"}
@@ -109,7 +109,7 @@ def test_stream_error_answer_names_the_request(server: ServerThread) -> None:
     assert by_id["raw-ok"].error_message == "" and len(by_id["raw-ok"].infer_response.raw_output_contents) == 1
 
 
-def test_stream_cancelled_mid_flight_computes_none_of_its_queued_work(tmp_path: Path) -> None:
+def test_stream_cancelled_mid_flight_computes_none_of_its_queued_work(tmp_path: Path, grpc_front: str) -> None:
     """Requests queued on a stream that the client cancels are dropped, never computed: the model
     holds batches for 2 s (max_queue_delay_us), the stream is cancelled after its 20 requests were
     queued, and after the delay has passed the model has run nothing; the server keeps serving."""
@@ -121,7 +121,7 @@ def test_stream_cancelled_mid_flight_computes_none_of_its_queued_work(tmp_path: 
 
     onnx.save(mlp_model(seed=3), str(model_dir / "1" / "model.onnx"))
     (model_dir / "config.toml").write_text('max_batch_size = 64\nmax_queue_delay_us = 2000000\nexecution = "inline"\n')
-    with ServerThread(repository=tmp_path) as srv:
+    with ServerThread(repository=tmp_path, grpc_front=grpc_front) as srv:
         c = grpcclient.InferenceServerClient(srv.grpc_url)
         answers: queue.Queue = queue.Queue()
         c.start_stream(callback=lambda result, error: answers.put((result, error)))

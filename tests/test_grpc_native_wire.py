@@ -1,0 +1,269 @@
+"""The native gRPC front on the wire, driven by a second HTTP/2 implementation (hyper-h2).
+
+tritonclient speaks through grpc-core; these tests build the frames with hyper-h2 instead, so
+that what the front accepts is HTTP/2 and gRPC as specified, not one client's habits: frames
+split at every byte boundary, HPACK with huffman strings and dynamic-table size updates, a
+client window smaller than an answer, many concurrent streams, a stream reset mid-request,
+GOAWAY on stop, and the limits (a message declared past the bound is refused from its prefix,
+an abandoned stream leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import numpy as np
+import pytest
+
+from gateway.front.grpc import native
+from gateway.pb import service as pb
+from gateway.testing import ServerThread
+
+pytestmark = pytest.mark.skipif(native.MISSING is not None, reason=str(native.MISSING))
+
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+X = np.linspace(-1, 1, 64, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[ServerThread]:
+    with ServerThread(grpc_front="native", grpc_max_message_bytes=1 << 20, grpc_max_inflight_bytes=1 << 24) as s:
+        yield s
+
+
+def infer_message(rid: str = "", x: np.ndarray = X) -> bytes:
+    req = pb.ModelInferRequest(model_name="mlp", id=rid)
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 64])
+    req.raw_input_contents.append(x.astype(np.float32).tobytes())
+    msg = req.SerializeToString()
+    return struct.pack(">BI", 0, len(msg)) + msg
+
+
+def headers(path: str = INFER, extra: tuple[tuple[str, str], ...] = ()) -> list[tuple[str, str]]:
+    return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "127.0.0.1"),
+            ("content-type", "application/grpc"), ("te", "trailers"), *extra]
+
+
+class Client:
+    """One HTTP/2 connection: hyper-h2 for the protocol, a plain socket, answers per stream."""
+
+    def __init__(self, port: int, window: int = 0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.h2.initiate_connection()
+        if window:
+            self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
+        self.data: dict[int, bytearray] = {}
+        self.headers: dict[int, list[tuple[str, str]]] = {}
+        self.trailers: dict[int, dict[str, str]] = {}
+        self.reset: set[int] = set()
+        self.goaway: h2.events.ConnectionTerminated | None = None
+        self.closed = False
+        self.flush()
+
+    def flush(self, split: int = 0) -> None:
+        out = self.h2.data_to_send()
+        if not split:
+            self.sock.sendall(out)
+            return
+        for i in range(0, len(out), split):
+            self.sock.sendall(out[i:i + split])
+            time.sleep(0)
+
+    def call(self, message: bytes, path: str = INFER, extra: tuple[tuple[str, str], ...] = ()) -> int:
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, headers(path, extra))
+        self.h2.send_data(sid, message, end_stream=True)
+        return sid
+
+    def pump(self, until: Any, timeout: float = 10) -> None:
+        end = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > end:
+                raise TimeoutError("no answer")
+            self.sock.settimeout(max(0.01, end - time.monotonic()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                self.closed = True
+                return
+            for ev in self.h2.receive_data(chunk):
+                self.event(ev)
+            self.flush()
+
+    def event(self, ev: Any) -> None:
+        if isinstance(ev, h2.events.ResponseReceived):
+            self.headers[ev.stream_id] = [(k.decode(), v.decode()) for k, v in ev.headers]
+            d = dict(self.headers[ev.stream_id])
+            if "grpc-status" in d:  # trailers-only
+                self.trailers[ev.stream_id] = d
+        elif isinstance(ev, h2.events.DataReceived):
+            self.data.setdefault(ev.stream_id, bytearray()).extend(ev.data)
+            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            self.trailers[ev.stream_id] = {k.decode(): v.decode() for k, v in ev.headers}
+        elif isinstance(ev, h2.events.StreamReset):
+            self.reset.add(ev.stream_id)
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.goaway = ev
+
+    def answer(self, sid: int) -> tuple[dict[str, str], list[bytes]]:
+        self.pump(lambda: sid in self.trailers or sid in self.reset)
+        body = bytes(self.data.get(sid, b""))
+        msgs = []
+        while body:
+            flag, n = struct.unpack(">BI", body[:5])
+            assert flag == 0
+            msgs.append(body[5:5 + n])
+            body = body[5 + n:]
+        return self.trailers.get(sid, {}), msgs
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def outputs(msg: bytes) -> np.ndarray:
+    resp = pb.ModelInferResponse.FromString(msg)
+    assert resp.model_name == "mlp" and resp.outputs[0].name == "OUTPUT0"
+    return np.frombuffer(resp.raw_output_contents[0], dtype=np.float32)
+
+
+def reference(srv: ServerThread) -> np.ndarray:
+    c = Client(srv.grpc_port)
+    try:
+        sid = c.call(infer_message())
+        c.flush()
+        trailers, msgs = c.answer(sid)
+    finally:
+        c.close()
+    assert trailers["grpc-status"] == "0"
+    return outputs(msgs[0])
+
+
+def test_unary_infer_and_framing_split_at_every_byte_boundary(srv: ServerThread) -> None:
+    want = reference(srv)
+    for split in (1, 2, 3, 5, 7, 13, 64):
+        c = Client(srv.grpc_port)
+        try:
+            sid = c.call(infer_message(f"r{split}"))
+            c.flush(split)
+            trailers, msgs = c.answer(sid)
+            assert trailers["grpc-status"] == "0", trailers
+            assert pb.ModelInferResponse.FromString(msgs[0]).id == f"r{split}"
+            np.testing.assert_array_equal(outputs(msgs[0]), want)
+        finally:
+            c.close()
+
+
+def test_many_concurrent_streams_hpack_dynamic_table_and_a_small_client_window(srv: ServerThread) -> None:
+    """100 calls in flight on one connection (header blocks indexed in HPACK's dynamic table,
+    huffman-coded: hyper-h2's defaults), a client window of 100 bytes (each answer needs several
+    WINDOW_UPDATEs), and a dynamic-table size change halfway."""
+    want = reference(srv)
+    c = Client(srv.grpc_port, window=100)
+    try:
+        sids = []
+        for i in range(100):
+            if i == 50:
+                c.h2.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: 256})
+            sids.append(c.call(infer_message(str(i)), extra=(("x-trace", f"value-{i % 7}"),)))
+        c.flush()
+        for i, sid in enumerate(sids):
+            trailers, msgs = c.answer(sid)
+            assert trailers["grpc-status"] == "0", trailers
+            assert pb.ModelInferResponse.FromString(msgs[0]).id == str(i)
+            np.testing.assert_array_equal(outputs(msgs[0]), want)
+    finally:
+        c.close()
+
+
+def test_errors_are_grpc_statuses_and_the_connection_goes_on(srv: ServerThread) -> None:
+    c = Client(srv.grpc_port)
+    try:
+        bad = pb.ModelInferRequest(model_name="nope").SerializeToString()
+        s1 = c.call(struct.pack(">BI", 0, len(bad)) + bad)
+        s2 = c.call(b"\x00\x00\x00\x00\x03abc")  # not a protobuf message
+        s3 = c.call(b"\x00\x00\x00\x00\x00", path="/inference.GRPCInferenceService/NoSuchMethod")
+        s4 = c.call(b"\x00\x00\x00\x00\x10abc")  # half-closed inside the message
+        s5 = c.call(infer_message("ok"))
+        c.flush()
+        assert c.answer(s1)[0]["grpc-status"] == "5"  # NOT_FOUND
+        assert c.answer(s2)[0]["grpc-status"] == "3"  # INVALID_ARGUMENT
+        t3 = c.answer(s3)[0]
+        assert t3["grpc-status"] == "12" and "NoSuchMethod" in t3["grpc-message"]  # UNIMPLEMENTED
+        assert c.answer(s4)[0]["grpc-status"] == "13"  # INTERNAL
+        t5, m5 = c.answer(s5)
+        assert t5["grpc-status"] == "0" and pb.ModelInferResponse.FromString(m5[0]).id == "ok"
+    finally:
+        c.close()
+
+
+def test_a_message_declared_past_the_limit_is_refused_from_its_prefix(srv: ServerThread) -> None:
+    """Only the 5-byte prefix is sent: the answer comes before any of the 2 MiB, and the stream is
+    reset so that the client stops sending."""
+    c = Client(srv.grpc_port)
+    try:
+        sid = c.h2.get_next_available_stream_id()
+        c.h2.send_headers(sid, headers())
+        c.h2.send_data(sid, struct.pack(">BI", 0, 2 << 20))
+        c.flush()
+        c.pump(lambda: sid in c.trailers)
+        t = c.trailers[sid]
+        assert t["grpc-status"] == "8" and "larger than max" in t["grpc-message"]  # RESOURCE_EXHAUSTED
+        s2 = c.call(infer_message("after"))
+        c.flush()
+        assert c.answer(s2)[0]["grpc-status"] == "0"
+    finally:
+        c.close()
+
+
+def test_reset_mid_request_and_abandoned_streams_leave_nothing(srv: ServerThread) -> None:
+    c = Client(srv.grpc_port)
+    try:
+        half = infer_message()[:100]
+        sids = []
+        for _ in range(20):  # half a message each, then reset
+            sid = c.h2.get_next_available_stream_id()
+            c.h2.send_headers(sid, headers())
+            c.h2.send_data(sid, half)
+            sids.append(sid)
+        c.flush()
+        for sid in sids[:10]:
+            c.h2.reset_stream(sid)
+        c.flush()
+        s = c.call(infer_message("next"))
+        c.flush()
+        assert c.answer(s)[0]["grpc-status"] == "0"
+        conns = srv.app.grpc.connections
+        assert sum(x.open_streams for x in conns) == 10  # the 10 abandoned ones, still open
+    finally:
+        c.close()
+    deadline = time.monotonic() + 5
+    while srv.app.grpc.connections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not srv.app.grpc.connections  # the connection's end dropped its streams
+
+
+def test_goaway_on_stop_lets_open_calls_finish() -> None:
+    with ServerThread(grpc_front="native") as s:
+        c = Client(s.grpc_port)
+        sid = c.call(infer_message("last"))
+        c.flush()
+        assert c.answer(sid)[0]["grpc-status"] == "0"
+        s.call(s.app.grpc.stop(1.0))
+        c.pump(lambda: c.goaway is not None or c.closed)
+        assert c.goaway is not None and c.goaway.error_code == 0
+        c.close()
+
+
+def test_refuses_to_start_without_libnghttp2(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "MISSING", "the native gRPC front needs libnghttp2 (apt-get install libnghttp2-dev)")
+    with pytest.raises(RuntimeError, match="libnghttp2-dev"):
+        native.NativeGrpcFront(None, None)  # type: ignore[arg-type]
