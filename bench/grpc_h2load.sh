@@ -9,7 +9,7 @@
 # (bench/grpc_bare_server.py) answers every call with a fixed response. h2load sends one fixed
 # gRPC-framed ModelInferRequest (batch 1, raw contents) over CONNS connections with STREAMS
 # concurrent streams each (c = CONNS x STREAMS calls in flight), for SECONDS per server per round,
-# with the servers and h2load on the same cores. h2load counts HTTP 200s, and a gRPC error is an
+# with the servers and h2load on the same cores; p50/p99 from h2load's per-call log. h2load counts HTTP 200s, and a gRPC error is an
 # HTTP 200 with a non-zero grpc-status trailer: so the gateways' successes are counted from their
 # own statistics (ModelStatistics success count), and a gateway that answered fewer successes than
 # h2load counted calls fails the run. The bare server always answers OK.
@@ -70,11 +70,11 @@ PY
 }
 for p in "$native_port" "$grpcio_port" "$bare_port"; do wait_ready "$p"; done
 
-h2() {  # NAME PORT: one h2load run; prints "req/s calls p50_ms p99_ms" (successes checked for gateways)
+h2() {  # NAME PORT: one h2load run; prints "req/s p50_ms p99_ms" (successes checked for gateways)
   local before after res rps calls
   [[ $1 == bare ]] || before=$(successes "$2")
   res=$(h2load -D "$secs" --warm-up-time 1 -c "$conns" -m "$streams" -d "$out/body.bin" \
-        -H 'content-type: application/grpc' -H 'te: trailers' \
+        -H 'content-type: application/grpc' -H 'te: trailers' --log-file "$out/$1.tsv" \
         "http://127.0.0.1:$2/inference.GRPCInferenceService/ModelInfer" 2>&1)
   rps=$(awk '/^finished in/ {print $4}' <<<"$res")
   calls=$(awk '/^requests:/ {print $8}' <<<"$res")  # succeeded (HTTP 2xx)
@@ -84,15 +84,21 @@ h2() {  # NAME PORT: one h2load run; prints "req/s calls p50_ms p99_ms" (success
       echo "$1: h2load counted $calls answered calls, the gateway $((after - before)) successes" >&2; exit 1
     fi
   fi
-  # "time for request: min max mean sd": h2load has no percentiles per request; report mean and max
-  awk -v r="$rps" -v c="$calls" '/^time for request:/ {print r, c, $6, $5}' <<<"$res"
+  # --log-file: start (us since epoch), status, us to the end of the response, per call
+  $py - "$out/$1.tsv" "$rps" <<'PY'
+import sys
+lat = sorted(int(line.split("\t")[2]) for line in open(sys.argv[1]) if line.strip())
+q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] / 1000
+print(sys.argv[2], f"{q(0.5):.2f}", f"{q(0.99):.2f}")
+PY
 }
-printf '%-6s %-12s %-12s %-12s %-10s %-10s\n' round bare/s grpcio/s native/s native/bare native/grpcio
+printf '%-6s %-22s %-22s %-22s %-12s %-12s\n' round "bare/s (p50/p99 ms)" "grpcio/s (p50/p99)" \
+  "native/s (p50/p99)" native/bare native/grpcio
 for r in $(seq "$rounds"); do
-  read -r b _ bmean bmax <<<"$(h2 bare "$bare_port")"
-  read -r g _ gmean gmax <<<"$(h2 grpcio "$grpcio_port")"
-  read -r n _ nmean nmax <<<"$(h2 native "$native_port")"
-  printf '%-6s %-12s %-12s %-12s %-10.2f %-10.2f   (mean/max latency: bare %s/%s grpcio %s/%s native %s/%s)\n' \
-    "$r" "$b" "$g" "$n" "$(awk -v a="$n" -v b="$b" 'BEGIN {print a / b}')" \
-    "$(awk -v a="$n" -v b="$g" 'BEGIN {print a / b}')" "$bmean" "$bmax" "$gmean" "$gmax" "$nmean" "$nmax"
+  read -r b bp50 bp99 <<<"$(h2 bare "$bare_port")"
+  read -r g gp50 gp99 <<<"$(h2 grpcio "$grpcio_port")"
+  read -r n np50 np99 <<<"$(h2 native "$native_port")"
+  printf '%-6s %-22s %-22s %-22s %-12.2f %-12.2f\n' "$r" "$b ($bp50/$bp99)" "$g ($gp50/$gp99)" \
+    "$n ($np50/$np99)" "$(awk -v a="$n" -v b="$b" 'BEGIN {print a / b}')" \
+    "$(awk -v a="$n" -v b="$g" 'BEGIN {print a / b}')"
 done

@@ -10,8 +10,11 @@ an abandoned stream leaves nothing behind).
 
 from __future__ import annotations
 
+import os
+import re
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -267,3 +270,29 @@ def test_refuses_to_start_without_libnghttp2(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(native, "MISSING", "the native gRPC front needs libnghttp2 (apt-get install libnghttp2-dev)")
     with pytest.raises(RuntimeError, match="libnghttp2-dev"):
         native.NativeGrpcFront(None, None)  # type: ignore[arg-type]
+
+
+PA = os.environ.get("PERF_ANALYZER", "")
+
+
+@pytest.mark.skipif(not PA or not os.access(PA, os.X_OK), reason="set PERF_ANALYZER to a perf_analyzer")
+@pytest.mark.parametrize("streaming", [False, True], ids=["unary", "streaming"])
+def test_perf_analyzer_works_unchanged(srv: ServerThread, streaming: bool) -> None:
+    """perf_analyzer's gRPC client (metadata, config, then infer calls, unary or on a stream)
+    against the native front: it finishes with a throughput, and the server counted successes."""
+    import tritonclient.grpc as grpcclient
+
+    def successes() -> int:
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        return sum(m.inference_stats.success.count for m in c.get_inference_statistics("mlp").model_stats)
+
+    before = successes()
+    out = subprocess.run([PA, "-m", "mlp", "-u", f"127.0.0.1:{srv.grpc_port}", "-i", "grpc", "-b", "1",
+                          "--concurrency-range", "4", "--measurement-interval", "1500",
+                          "--stability-percentage", "100", "--max-trials", "3",
+                          *(["--streaming"] if streaming else [])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    m = re.search(r"Throughput: ([0-9.]+) infer/sec", out.stdout)
+    assert m and float(m.group(1)) > 0, out.stdout[-2000:]
+    assert successes() - before >= 100
