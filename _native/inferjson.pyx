@@ -27,6 +27,8 @@ import numpy as np
 
 from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 
+include "request.pxi"
+
 cnp.import_array()
 
 include "limits.pxi"
@@ -787,28 +789,6 @@ cdef object decode(bytes body, Py_ssize_t header_length, str model, str version)
     req.outputs = out_names
     wanted = [nm for nm, fl in zip(out_names, out_flags) if fl == 1 or (fl == -1 and binary_all == 1)]
     return req, frozenset(wanted) if wanted else None
-
-
-# The request's fields, as ``_new_request`` sets them: a field added to InferRequest must be added
-# there too (the module refuses to load until it is).
-if InferRequest.__slots__ != ("model_name", "model_version", "inputs", "outputs", "id", "parameters",
-                              "timeout_us", "entity"):
-    raise ImportError(f"inferjson._new_request does not set InferRequest's fields {InferRequest.__slots__}")
-cdef object _new_req = InferRequest.__new__
-
-
-cdef object _new_request(str model, str version, dict tensors):
-    """``InferRequest(model, version, tensors)`` without the dataclass's interpreted ``__init__``."""
-    req = _new_req(InferRequest)
-    req.model_name = model
-    req.model_version = version
-    req.inputs = tensors
-    req.outputs = None
-    req.id = ""
-    req.parameters = None
-    req.timeout_us = 0
-    req.entity = None
-    return req
 
 
 def decode_fast(bytes body not None, Py_ssize_t header_length, str model not None,

@@ -55,6 +55,7 @@ from gateway.shm import write_outputs
 from gateway.types import InferResponse
 
 try:
+    from gateway._native.grpcpb import decode_infer, encode_infer
     from gateway._native.h2 import GrpcConnection, Stream
 except ImportError as exc:  # built without libnghttp2's headers (setup.py says so)
     GrpcConnection = object  # type: ignore[misc,assignment]
@@ -151,10 +152,14 @@ class _InferCall:
             return
         assert resp is not None
         try:
-            written = None
-            if self.plan is not None and self.plan.shm is not None:
-                written = write_outputs(resp.outputs, self.plan.shm)
-            payload = encode_infer_response(resp, written).SerializeToString()
+            payload = None
+            if self.plan is None and resp.parameters is None:  # numeric outputs, in C
+                payload = encode_infer(resp.model_name, resp.model_version, resp.id, resp.outputs)
+            if payload is None:
+                written = None
+                if self.plan is not None and self.plan.shm is not None:
+                    written = write_outputs(resp.outputs, self.plan.shm)
+                payload = encode_infer_response(resp, written).SerializeToString()
         except GatewayError as exc:
             conn.finish(s, _STATUS[exc.code], exc.message)
             return
@@ -218,11 +223,14 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         try:
             if self.door.refuse():  # the loop is late: refuse before the decode
                 raise dp.door.error()
-            try:
-                request = _ModelInferRequest.FromString(message)
-            except Exception as exc:  # protobuf's DecodeError
-                raise GatewayError(Code.INVALID_ARGUMENT, f"cannot parse the ModelInferRequest: {exc}") from None
-            infer_request, plan = decode_infer_request(request, s.timeout_us, dp.shm)
+            infer_request = decode_infer(message, s.timeout_us)  # the common message, in C
+            plan = None
+            if infer_request is None:  # everything else, and every error: protobuf's parser and the codec
+                try:
+                    request = _ModelInferRequest.FromString(message)
+                except Exception as exc:  # protobuf's DecodeError
+                    raise GatewayError(Code.INVALID_ARGUMENT, f"cannot parse the ModelInferRequest: {exc}") from None
+                infer_request, plan = decode_infer_request(request, s.timeout_us, dp.shm)
             size = self.budget.take(infer_request)
             route = dp.route_of(infer_request.model_name)
             keys = arm = None
