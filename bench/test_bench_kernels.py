@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import orjson
 import pytest
+
 from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway._native.jsonnum import list_to_array
 from gateway._native.pack import pack_rows, scatter_rows

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gateway._native.bytestensor import encode_bytes_tensor
 
 from fuzz.grpc_request import check_message
 from fuzz.provider import Provider
+from gateway._native.bytestensor import encode_bytes_tensor
 from gateway.front.grpc.codec import CONTENTS_FIELD
 from gateway.pb import service as pb
 from gateway.types import DATATYPE_TO_NUMPY

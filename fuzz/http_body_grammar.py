@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 import orjson
-from gateway._native.bytestensor import encode_bytes_tensor
 
 from fuzz._common import INT_TYPES, int_range
 from fuzz.http_body import check_body
 from fuzz.provider import Provider
+from gateway._native.bytestensor import encode_bytes_tensor
 from gateway.types import DATATYPE_TO_NUMPY
 
 DATATYPES = list(DATATYPE_TO_NUMPY)

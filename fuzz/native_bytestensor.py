@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 
 from fuzz._common import ref_decode, ref_encode
 from fuzz.provider import Provider
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 
 
 def _objects(items: list[Any]) -> np.ndarray:

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway._native.inferjson import decode_fast
-
 from fuzz.http_body import split_input
+from gateway._native.inferjson import decode_fast
 from gateway.errors import GatewayError
 from gateway.front.http.codec import decode_general
 

@@ -15,10 +15,10 @@ import enum
 from typing import Any
 
 import numpy as np
-from gateway._native.jsonnum import json_tensor, list_to_array
 
 from fuzz._common import FLOAT_TYPES, INT_TYPES, int_range, ref_list_to_array
 from fuzz.provider import Provider
+from gateway._native.jsonnum import json_tensor, list_to_array
 
 NUMERIC = ["BOOL", *INT_TYPES, *FLOAT_TYPES]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from models import random_array
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from gateway.errors import Code, GatewayError
 from gateway.front.grpc.codec import (
     CONTENTS_FIELD,

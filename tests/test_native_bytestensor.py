@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_refs import ref_decode, ref_encode
+
+from gateway._native.bytestensor import decode_bytes_tensor, encode_bytes_tensor
 
 SETTINGS = settings(max_examples=100, deadline=None)
 

@@ -36,7 +36,7 @@ def messages(draw: Any) -> tuple[bytes, bool]:
     for i in range(n):
         dt = draw(st.sampled_from(NUMERIC + ["BYTES", "NOPE"]))
         shape = draw(st.lists(st.integers(0, 3), max_size=3))
-        t = req.inputs.add(name=f"in{i}" if not draw(st.integers(0, 20)) == 0 else "dup", datatype=dt, shape=shape)
+        t = req.inputs.add(name=f"in{i}" if draw(st.integers(0, 20)) != 0 else "dup", datatype=dt, shape=shape)
         count = int(np.prod(shape)) if shape else 1
         if dt in ("BYTES", "NOPE"):
             common = False

@@ -7,9 +7,10 @@ from typing import Any
 
 import httptools
 import pytest
-from gateway._native.http1 import RequestReader
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from gateway._native.http1 import RequestReader
 
 
 class Router:

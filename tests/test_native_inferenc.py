@@ -10,10 +10,10 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import orjson
 import pytest
-from gateway._native.inferenc import encode_body, http_response, json_array
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway._native.inferenc import encode_body, http_response, json_array
 from gateway.front.http.codec import encode_general, encode_infer
 from gateway.front.http.server import _BIN_CL, _CL, _OK_200
 from gateway.types import InferResponse

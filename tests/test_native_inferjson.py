@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
-from gateway._native.inferjson import counts
-from gateway._native.inferjson import decode_fast as native_decode_fast
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway._native.inferjson import counts
+from gateway._native.inferjson import decode_fast as native_decode_fast
 from gateway.errors import GatewayError
 from gateway.front.http.codec import decode_general as decode_infer
 from gateway.front.plan import EncodePlan

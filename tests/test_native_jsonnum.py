@@ -9,11 +9,11 @@ import math
 import numpy as np
 import orjson
 import pytest
-from gateway._native.jsonnum import list_to_array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_refs import FLOAT_TYPES, INT_TYPES, int_range, ref_list_to_array
 
+from gateway._native.jsonnum import list_to_array
 from gateway.types import DATATYPE_TO_NUMPY
 
 SETTINGS = settings(max_examples=100, deadline=None)

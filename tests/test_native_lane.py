@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway._native.lane import counts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import identity_model, reference, write_model
 
+from gateway._native.lane import counts
 from gateway.demo import mlp_model
 from gateway.front.http.server import HttpProtocol
 from gateway.testing import ServerThread

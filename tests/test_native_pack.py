@@ -7,9 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from gateway._native.pack import pack_rows, scatter_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from gateway._native.pack import pack_rows, scatter_rows
 
 DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
           np.uint64, np.float16, np.float32, np.float64, object]

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gateway._native.sigcheck import accepted_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway._native.sigcheck import accepted_rows
 from gateway.errors import GatewayError
 from gateway.pipeline.validate import Signature, check_request
 from gateway.types import InferRequest, TensorSpec
