@@ -34,6 +34,22 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memcmp
 
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk_id, timespec* tp)
+    enum:
+        CLOCK_REALTIME
+        CLOCK_MONOTONIC
+
+
+cdef inline double clock_s(int which) noexcept nogil:
+    cdef timespec ts
+    clock_gettime(which, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
 import asyncio
 import logging
 
@@ -253,6 +269,10 @@ cdef class Stream:
     """What ``on_cancel`` cancels (the front's business), or None."""
     cdef public object state
     """The front's per-call state (a streaming call's), or None."""
+    cdef public object target
+    """(model, version, request id) for the access log, when the front noted them."""
+    cdef readonly double started, started_mono
+    """When its headers were complete (epoch seconds; the monotonic clock): set while ``log_calls``."""
     cdef readonly bint closed
     """The stream is gone (answered and sent, or reset): nothing more may be sent on it."""
     cdef readonly bint finished
@@ -434,6 +454,8 @@ cdef class GrpcConnection:
     cdef public object error
     """An exception a callback raised (the session is then torn down)."""
     cdef public long long calls, cancelled
+    cdef public bint log_calls
+    """Call ``finished(stream, status)`` as each stream's status is decided (the access log)."""
     cdef char* obuf
     cdef size_t olen, ocap
     cdef bint in_recv, flush_due, dead, ping_out
@@ -515,6 +537,9 @@ cdef class GrpcConnection:
     cdef void _headers_done(self, Stream s) except *:
         cdef PyObject* kind = PyDict_GetItem(self.kinds, s.path)
         s.kind = <int><object>kind if kind != NULL else KIND_UNKNOWN
+        if self.log_calls:
+            s.started = clock_s(CLOCK_REALTIME)
+            s.started_mono = clock_s(CLOCK_MONOTONIC)
         if s.kind == KIND_UNKNOWN:
             self._refuse(s, ST_UNIMPLEMENTED, b"Method not found: " + s.path)
         elif not s.ctype_ok:
@@ -625,6 +650,9 @@ cdef class GrpcConnection:
     def on_cancel(self, Stream s):
         """The client reset ``s`` (cancel, deadline) before it was finished."""
 
+    def finished(self, Stream s, int status):
+        """``s``'s status is decided (called while ``log_calls``)."""
+
     def decompress(self, Stream s, bytes message):
         """A compressed message (``s.encoding``): its bytes, or None after finishing ``s`` with an error."""
         self.finish(s, ST_UNIMPLEMENTED, f"grpc-encoding {s.encoding} is not supported")
@@ -676,6 +704,8 @@ cdef class GrpcConnection:
             return
         s.finished = True
         s.status = status
+        if self.log_calls:
+            self.finished(s, status)
         s.grpc_message = percent_encode(message) if message else None
         s.trailers = [(k.encode() if isinstance(k, str) else k, v.encode() if isinstance(v, str) else v)
                       for k, v in trailers[:20]] if trailers else None

@@ -135,8 +135,9 @@ def test_access_log_is_off_by_default(repo: Path, access: Collect, loop: str) ->
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_access_log_one_json_line_per_request(repo: Path, access: Collect, loop: str) -> None:
-    with ServerThread(repository=repo, loop=loop, access_log=True, max_body_bytes=1 << 20) as srv:
+def test_access_log_one_json_line_per_request(repo: Path, access: Collect, loop: str, grpc_front: str) -> None:
+    with ServerThread(repository=repo, loop=loop, access_log=True, max_body_bytes=1 << 20,
+                      grpc_front=grpc_front) as srv:
         exercise(srv, access)
         with socket.create_connection(("127.0.0.1", srv.http_port), timeout=30) as s:  # refused on its head
             s.sendall(b"POST /v2/models/add_sub/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (2 << 20))
@@ -159,8 +160,8 @@ def test_access_log_one_json_line_per_request(repo: Path, access: Collect, loop:
         assert r.access == json.loads(r.getMessage())  # type: ignore[attr-defined]
 
 
-def test_access_log_grpc_stream_is_one_line(repo: Path, access: Collect) -> None:
-    with ServerThread(repository=repo, access_log=True) as srv:
+def test_access_log_grpc_stream_is_one_line(repo: Path, access: Collect, grpc_front: str) -> None:
+    with ServerThread(repository=repo, access_log=True, grpc_front=grpc_front) as srv:
         g = grpcclient.InferenceServerClient(srv.grpc_url)
         answers: list[object] = []
         g.start_stream(callback=lambda result, error: answers.append(result if error is None else error))
@@ -247,3 +248,33 @@ def test_json_log_format_a_start_failure_is_one_json_record() -> None:
     lines = [json.loads(line) for line in r.stderr.splitlines()]
     failed = [x for x in lines if x["message"] == "server failed"]
     assert len(failed) == 1 and failed[0]["level"] == "ERROR" and "Traceback" in failed[0]["exception"]
+
+
+def test_access_log_native_grpc_refusals_and_resets(repo: Path, access: Collect) -> None:
+    """The native front logs what it answers in C (an unknown method) and a stream the client
+    resets before its answer (CANCELLED), besides the calls the servicer answers."""
+    from gateway.front.grpc.native import MISSING
+
+    if MISSING is not None:
+        pytest.skip(MISSING)
+    from test_grpc_native_wire import Client, infer_message
+
+    with ServerThread(repository=repo, access_log=True, grpc_front="native") as srv:
+        c = Client(srv.grpc_port)
+        try:
+            s1 = c.call(b"\0\0\0\0\0", path="/inference.GRPCInferenceService/Nope")
+            sid = c.h2.get_next_available_stream_id()  # half a message, then a reset
+            c.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                    (":path", "/inference.GRPCInferenceService/ModelInfer"),
+                                    ("content-type", "application/grpc")])
+            c.h2.send_data(sid, infer_message()[:50])
+            c.flush()
+            assert c.answer(s1)[0]["grpc-status"] == "12"
+            c.h2.reset_stream(sid)
+            c.flush()
+            access.wait_for(2)
+        finally:
+            c.close()
+        lines = access.lines()
+    assert [(x["method"], x["status"]) for x in lines] == [("Nope", "UNIMPLEMENTED"), ("ModelInfer", "CANCELLED")]
+    assert all(x["protocol"] == "grpc" and x["client"].startswith("127.0.0.1:") for x in lines)

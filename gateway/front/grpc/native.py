@@ -239,6 +239,8 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
                     keys = _metadata(s, route.keys)
                 if route.arms:
                     arm = "pinned" if infer_request.model_version else ""
+            if self.log_calls:
+                s.target = (infer_request.model_name, infer_request.model_version, infer_request.id)
             call = s.state = _InferCall(self, s, size, plan, arm)
             size = 0  # the call holds it now
             s.ticket = dp.submit(infer_request, call.done, False, keys)
@@ -250,6 +252,10 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
                 model = request.model_name if request is not None else ""
                 version = request.model_version if request is not None else ""
                 dp.record_rejected(model, version, exc.code)
+                if self.log_calls:
+                    s.target = (model, version, request.id if request is not None else "")
+            elif self.log_calls:
+                s.target = (infer_request.model_name, infer_request.model_version, infer_request.id)
             self.finish(s, _STATUS[exc.code], exc.message)
         except Exception as exc:  # a bug: still answered, logged
             log.exception("ModelInfer failed")
@@ -262,6 +268,9 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         except Exception as exc:
             self.finish(s, _INVALID, f"cannot parse the {cls.DESCRIPTOR.name}: {exc}")
             return
+        if self.log_calls:
+            s.target = (getattr(request, "model_name", None) or getattr(request, "name", ""),
+                        getattr(request, "model_version", None) or getattr(request, "version", ""), "")
         s.state = self.front.spawn(self._run_unary(s, getattr(self.front.servicer, name), request))
 
     async def _run_unary(self, s: Stream, method: Any, request: Any) -> None:
@@ -392,7 +401,12 @@ class NativeGrpcFront:
     async def start(self) -> None:
         s = self.settings
         socks = bind(s.host, s.grpc_port, _BACKLOG, s.workers > 1)
-        self.listener = Listener(socks, lambda: NativeGrpcProtocol(self))
+        protocol: type[NativeGrpcProtocol] = NativeGrpcProtocol
+        if s.access_log:  # only then: the plain protocol carries no logging
+            from gateway.front.grpc.access import AccessLoggedGrpcProtocol
+
+            protocol = AccessLoggedGrpcProtocol
+        self.listener = Listener(socks, lambda: protocol(self))
         self.listener.start()
         self.port = socks[0].getsockname()[1]
         self._keepalive = self.loop.call_later(s.grpc_keepalive_time_s, self._ping)
