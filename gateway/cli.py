@@ -24,7 +24,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any free port)")
     p.add_argument("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free port; -1 = off)")
     p.add_argument("--grpc-front", choices=["native", "grpcio"],
-                   help="gRPC front: native (HTTP/2 in C, libnghttp2) or grpcio (grpc.aio; the default)")
+                   help="gRPC front: native (HTTP/2 in C on libnghttp2; the default) or grpcio (grpc.aio)")
     p.add_argument("--config", help="server settings file (TOML)")
     p.add_argument("--max-body-bytes", type=int, help="largest HTTP body accepted (413 past it)")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], help="event loop (default uvloop)")

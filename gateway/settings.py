@@ -55,9 +55,10 @@ class ServerSettings:
     """With max_connections 0: fds kept from HTTP for gRPC, models, logs; 0: RLIMIT_NOFILE / 4."""
     health_connections: int = 16
     """HTTP connections past max_connections accepted for /v2/health/* and /metrics only."""
-    grpc_front: str = "grpcio"
+    grpc_front: str = "native"
     """The gRPC front: "native" (HTTP/2 in C on libnghttp2, gateway.front.grpc.native; needs the
-    system package libnghttp2-dev at build time) or "grpcio" (grpc.aio)."""
+    system package libnghttp2-dev at build time: without it the server refuses to start, naming it)
+    or "grpcio" (grpc.aio)."""
     grpc_max_concurrent_streams: int = 1024
     """Calls one gRPC connection may have open at once (native front: its HTTP/2 SETTINGS)."""
     grpc_max_message_bytes: int = 64 * 1024 * 1024

@@ -33,8 +33,8 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_rss_stays_bounded_after_a_burst_of_rejected_60mib_messages() -> None:
-    with demo_process() as (proc, _, grpc_port):
+def test_rss_stays_bounded_after_a_burst_of_rejected_60mib_messages(grpc_front: str) -> None:
+    with demo_process(GATEWAY_GRPC_FRONT=grpc_front) as (proc, _, grpc_port):
         baseline = rss_mib(proc.pid)
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}",
                                    options=[("grpc.max_send_message_length", -1)]) as ch:

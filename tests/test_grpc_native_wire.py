@@ -296,3 +296,36 @@ def test_perf_analyzer_works_unchanged(srv: ServerThread, streaming: bool) -> No
     m = re.search(r"Throughput: ([0-9.]+) infer/sec", out.stdout)
     assert m and float(m.group(1)) > 0, out.stdout[-2000:]
     assert successes() - before >= 100
+
+
+def test_a_message_larger_than_the_server_s_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 750 KB request through a 64 KiB receive window: the client sends what the window allows,
+    the server's WINDOW_UPDATEs (nghttp2's, as the message is collected) let the rest through."""
+    monkeypatch.setattr(native, "_WINDOW", 65535)
+    x = np.random.default_rng(3).standard_normal((3000, 64)).astype(np.float32)
+    req = pb.ModelInferRequest(model_name="mlp", id="big")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=[3000, 64])
+    req.raw_input_contents.append(x.tobytes())
+    msg = req.SerializeToString()
+    data = struct.pack(">BI", 0, len(msg)) + msg
+    with ServerThread(grpc_front="native") as s:
+        c = Client(s.grpc_port)
+        try:
+            sid = c.h2.get_next_available_stream_id()
+            c.h2.send_headers(sid, headers())
+            sent = 0
+            while sent < len(data):
+                room = min(c.h2.local_flow_control_window(sid), c.h2.max_outbound_frame_size, len(data) - sent)
+                if room <= 0:
+                    window = c.h2.local_flow_control_window(sid)
+                    c.pump(lambda w=window: c.h2.local_flow_control_window(sid) > w)
+                    continue
+                c.h2.send_data(sid, data[sent:sent + room], end_stream=sent + room == len(data))
+                sent += room
+                c.flush()
+            trailers, msgs = c.answer(sid)
+        finally:
+            c.close()
+    assert trailers["grpc-status"] == "0", trailers
+    resp = pb.ModelInferResponse.FromString(msgs[0])
+    assert resp.id == "big" and list(resp.outputs[0].shape) == [3000, 10]

@@ -266,8 +266,10 @@ def test_success_counts_and_triton_families_match_the_statistics(srv: ServerThre
         g.infer("counted", gi)
     answers: queue.Queue = queue.Queue()
     g.start_stream(callback=lambda result, error: answers.put(error))
-    for _ in range(3):
-        g.async_stream_infer("counted", gi)
+    for i in range(3):  # distinct inputs: the native front reads them in one pass, and identical
+        si = [grpcclient.InferInput("INPUT0", [1, 64], "FP32")]  # ones would share one computation
+        si[0].set_data_from_numpy(x + i)
+        g.async_stream_infer("counted", si)
     assert [answers.get(timeout=30) for _ in range(3)] == [None] * 3
     g.stop_stream()
     sent = 12

@@ -1,4 +1,4 @@
-"""The gRPC front: KServe v2 ``inference.GRPCInferenceService`` on ``grpc.aio``, over the DataPlane.
+"""The grpc.aio gRPC front (``grpc_front = "grpcio"``): KServe v2 ``inference.GRPCInferenceService`` on ``grpc.aio``, over the DataPlane.
 
 It runs on the same event loop as the HTTP front and shares everything below decode with it.
 Wire compatibility with Triton's clients comes from ``proto/`` (see tests/test_grpc_proto.py).
