@@ -280,6 +280,7 @@ cdef class Stream:
     cdef bint half_closed, bad, ctype_ok, headers_sent, deferred, compressed, rst_after
     cdef bytearray buf
     cdef long long need  # the length of the message being received (-1: its prefix is not whole)
+    cdef long long held  # bytes of it the connection holds (counted in ``buffered``)
     cdef Py_ssize_t header_bytes
     cdef object pending  # a unary call's request message, until its client half-closes
     cdef list outq  # messages to send
@@ -319,11 +320,11 @@ cdef int _on_header(nghttp2_session* session, const nghttp2_frame* frame, const 
         if found == NULL:
             return 0
         s = <Stream>found
-        if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
-            return 0  # the client's trailers: gRPC requests carry none we read
         s.header_bytes += namelen + valuelen + 32
         if s.header_bytes > conn.max_header_bytes:
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE  # resets this stream
+        if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+            return 0  # the client's trailers: gRPC requests carry none we read
         if namelen == 5 and memcmp(name, b":path", 5) == 0:
             s.path = PyBytes_FromStringAndSize(<const char*>value, valuelen)
         elif name[0] == b':':
@@ -402,6 +403,9 @@ cdef int _on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t 
         s = <Stream>found
         del conn.streams[stream_id]
         s.closed = True
+        s.buf = None
+        s.pending = None
+        conn._release(s)
         if not s.finished and not s.bad:
             conn.cancelled += 1
             conn.on_cancel(s)
@@ -450,6 +454,9 @@ cdef class GrpcConnection:
     cdef public dict kinds
     """``:path`` -> 1 (unary) or 2 (streaming): the RPCs served; others are UNIMPLEMENTED."""
     cdef public long long max_message
+    cdef public long long buffered, max_buffered
+    """Bytes of unfinished request messages held, all streams together, and their bound (past it
+    the stream that would pass it is refused RESOURCE_EXHAUSTED)."""
     cdef public Py_ssize_t max_header_bytes
     cdef public object error
     """An exception a callback raised (the session is then torn down)."""
@@ -465,6 +472,7 @@ cdef class GrpcConnection:
         self.streams = {}
         self.kinds = {}
         self.max_message = 4 << 20
+        self.max_buffered = 1 << 62
         self.max_header_bytes = 16384
 
     def __dealloc__(self):
@@ -546,7 +554,8 @@ cdef class GrpcConnection:
             self._refuse(s, ST_INTERNAL, b"content-type must be application/grpc")
 
     cdef void _data(self, Stream s, const uint8_t* data, size_t length) except *:
-        """DATA of ``s``: collect it; hand each whole message of a streaming call on."""
+        """DATA of ``s``: collect it; hand each whole message of a streaming call on. What the
+        connection holds of unfinished messages is bounded by ``max_buffered``."""
         cdef Py_ssize_t have, take
         cdef const unsigned char* b
         cdef long long need
@@ -556,48 +565,57 @@ cdef class GrpcConnection:
             if s.buf is None:
                 s.buf = bytearray()
             have = PyByteArray_GET_SIZE(s.buf)
-            if s.need < 0:  # the prefix first
-                take = PREFIX - have
-                if <size_t>take > length:
-                    take = length
-                s.buf += PyBytes_FromStringAndSize(<const char*>data, take)
-                data += take
-                length -= take
-                if PyByteArray_GET_SIZE(s.buf) < PREFIX:
-                    return
-                b = <const unsigned char*>PyByteArray_AS_STRING(s.buf)
-                need = (<long long>b[1] << 24) | (<long long>b[2] << 16) | (<long long>b[3] << 8) | b[4]
-                if b[0] > 1:
-                    self._refuse(s, ST_INTERNAL, b"malformed gRPC message prefix")
-                    return
-                if need > self.max_message:
-                    self._refuse(s, ST_RESOURCE_EXHAUSTED, (
-                        "Received message larger than max (%d vs. %d)" % (need, self.max_message)).encode())
-                    return
-                if s.kind == KIND_UNARY and s.pending is not None:
-                    self._refuse(s, ST_UNIMPLEMENTED, b"a unary call sent more than one message")
-                    return
-                s.compressed = b[0] == 1
-                s.need = need
-                s.buf = bytearray()
-                if need == 0:
-                    self._message(s)
-                continue
-            take = s.need - have
+            take = (PREFIX if s.need < 0 else s.need) - have
             if <size_t>take > length:
                 take = length
-            s.buf += PyBytes_FromStringAndSize(<const char*>data, take)
+            if self.buffered + take > self.max_buffered:
+                self._refuse(s, ST_RESOURCE_EXHAUSTED, (
+                    "the connection holds %d bytes of unfinished messages (grpc_max_inflight_bytes %d)"
+                    % (self.buffered, self.max_buffered)).encode())
+                return
+            PyByteArray_Resize(s.buf, have + take)
+            memcpy(PyByteArray_AS_STRING(s.buf) + have, data, take)
+            self.buffered += take
+            s.held += take
             data += take
             length -= take
-            if PyByteArray_GET_SIZE(s.buf) == s.need:
+            if s.need >= 0:
+                if have + take == s.need:
+                    self._message(s)
+                continue
+            if have + take < PREFIX:  # the prefix first
+                return
+            b = <const unsigned char*>PyByteArray_AS_STRING(s.buf)
+            need = (<long long>b[1] << 24) | (<long long>b[2] << 16) | (<long long>b[3] << 8) | b[4]
+            if b[0] > 1:
+                self._refuse(s, ST_INTERNAL, b"malformed gRPC message prefix")
+                return
+            if need > self.max_message:
+                self._refuse(s, ST_RESOURCE_EXHAUSTED, (
+                    "Received message larger than max (%d vs. %d)" % (need, self.max_message)).encode())
+                return
+            if s.kind == KIND_UNARY and s.pending is not None:
+                self._refuse(s, ST_UNIMPLEMENTED, b"a unary call sent more than one message")
+                return
+            s.compressed = b[0] == 1
+            s.need = need
+            self._release(s)
+            s.buf = bytearray()
+            if need == 0:
                 self._message(s)
+
+    cdef inline void _release(self, Stream s) noexcept:
+        self.buffered -= s.held
+        s.held = 0
 
     cdef void _message(self, Stream s) except *:
         """A whole message of ``s``: a streaming call's goes to ``on_message`` now, a unary call's
-        waits for the half-close (kept in ``outq``'s place until then)."""
+        waits for the half-close (in ``pending``, still counted as held)."""
         cdef bytes msg = bytes(s.buf) if s.need else b""
         s.buf = None
         s.need = -1
+        if s.kind == KIND_STREAM:
+            self._release(s)
         if s.compressed:
             msg = self.decompress(s, msg)
             if msg is None:
@@ -624,6 +642,7 @@ cdef class GrpcConnection:
             return
         msg = s.pending
         s.pending = None
+        self._release(s)
         self.calls += 1
         self.on_call(s, msg)
 
@@ -632,6 +651,8 @@ cdef class GrpcConnection:
         and tell the client to stop sending it."""
         s.bad = True
         s.buf = None
+        s.pending = None
+        self._release(s)
         s.rst_after = not s.half_closed  # once the answer is out (_on_frame_send)
         self._finish(s, status, message, None)
 
@@ -878,6 +899,9 @@ cdef class GrpcConnection:
         streams, self.streams = self.streams, {}
         for s in streams.values():
             s.closed = True
+            s.buf = None
+            s.pending = None
+            self._release(s)
             if not s.finished and not s.bad:
                 self.cancelled += 1
                 self.on_cancel(s)

@@ -81,6 +81,22 @@ class Client:
             self.sock.sendall(out[i:i + split])
             time.sleep(0)
 
+    def send(self, sid: int, data: bytes, end_stream: bool = False) -> None:
+        """``data`` on ``sid`` in frames the peer's limits allow, waiting for WINDOW_UPDATEs."""
+        sent = 0
+        while sent < len(data) or (end_stream and not sent and not data):
+            room = min(self.h2.local_flow_control_window(sid), self.h2.max_outbound_frame_size, len(data) - sent)
+            if room <= 0 and data:
+                window = self.h2.local_flow_control_window(sid)
+                self.flush()
+                self.pump(lambda w=window: self.h2.local_flow_control_window(sid) > w)
+                continue
+            self.h2.send_data(sid, data[sent:sent + room], end_stream=end_stream and sent + room == len(data))
+            sent += room
+            self.flush()
+            if not data:
+                break
+
     def call(self, message: bytes, path: str = INFER, extra: tuple[tuple[str, str], ...] = ()) -> int:
         sid = self.h2.get_next_available_stream_id()
         self.h2.send_headers(sid, headers(path, extra))
@@ -313,19 +329,45 @@ def test_a_message_larger_than_the_server_s_window(monkeypatch: pytest.MonkeyPat
         try:
             sid = c.h2.get_next_available_stream_id()
             c.h2.send_headers(sid, headers())
-            sent = 0
-            while sent < len(data):
-                room = min(c.h2.local_flow_control_window(sid), c.h2.max_outbound_frame_size, len(data) - sent)
-                if room <= 0:
-                    window = c.h2.local_flow_control_window(sid)
-                    c.pump(lambda w=window: c.h2.local_flow_control_window(sid) > w)
-                    continue
-                c.h2.send_data(sid, data[sent:sent + room], end_stream=sent + room == len(data))
-                sent += room
-                c.flush()
+            c.send(sid, data, end_stream=True)
             trailers, msgs = c.answer(sid)
         finally:
             c.close()
     assert trailers["grpc-status"] == "0", trailers
     resp = pb.ModelInferResponse.FromString(msgs[0])
     assert resp.id == "big" and list(resp.outputs[0].shape) == [3000, 10]
+
+
+def test_unfinished_messages_a_connection_holds_are_bounded() -> None:
+    """Streams that send most of a message and stop: past grpc_max_inflight_bytes of them on one
+    connection, the stream that would pass it is refused (RESOURCE_EXHAUSTED), and what the
+    refused streams held is given back."""
+    with ServerThread(grpc_front="native", grpc_max_message_bytes=1 << 20, grpc_max_inflight_bytes=1 << 20) as s:
+        c = Client(s.grpc_port)
+        try:
+            part = struct.pack(">BI", 0, 900_000) + bytes(60_000)
+            sids = []
+            for _ in range(20):  # 20 x 60 KB held, more than 1 MiB
+                sid = c.h2.get_next_available_stream_id()
+                c.h2.send_headers(sid, headers())
+                c.send(sid, part)
+                sids.append(sid)
+            c.pump(lambda: any(x in c.trailers for x in sids))
+            refused = [x for x in sids if x in c.trailers]
+            t = c.trailers[refused[0]]
+            assert t["grpc-status"] == "8" and "unfinished messages" in t["grpc-message"]
+            conn = next(iter(s.app.grpc.connections))
+            assert conn.buffered <= 1 << 20
+            for sid in sids:
+                if sid not in c.trailers:
+                    c.h2.reset_stream(sid)
+            c.flush()
+            deadline = time.monotonic() + 5
+            while conn.buffered and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert conn.buffered == 0
+            s2 = c.call(infer_message("after"))
+            c.flush()
+            assert c.answer(s2)[0]["grpc-status"] == "0"
+        finally:
+            c.close()

@@ -194,6 +194,7 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         self.unanswered_ping = 0.0
         self.kinds = front.kinds
         self.max_message = front.settings.grpc_max_message_bytes
+        self.max_buffered = front.settings.grpc_max_inflight_bytes  # unfinished messages, per connection
         self.max_header_bytes = front.settings.max_header_bytes
 
     def connection_made(self, transport: Any) -> None:
