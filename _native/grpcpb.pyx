@@ -288,6 +288,39 @@ cdef object _build(Span model, Span version, Span rid, Input* inputs, int n_in, 
     return req
 
 
+def target(bytes msg not None):
+    """(model_name, model_version) of a serialized ModelInferRequest, read without decoding the
+    rest (to find the version's lane before the decode); None when it cannot tell."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(msg)
+    cdef const uint8_t* end = p + PyBytes_GET_SIZE(msg)
+    cdef uint64_t key
+    cdef Span model, version
+    cdef const uint8_t* s
+    cdef Py_ssize_t n
+    model.n = version.n = 0
+    model.p = version.p = NULL
+    while p < end:
+        p = read_varint(p, end, &key)
+        if p == NULL:
+            return None
+        if (key & 7) != 2:
+            if 1 <= (key >> 3) <= 7:
+                return None
+            p = skip_field(p, end, <int>(key & 7))
+        else:
+            p = read_len(p, end, &s, &n)
+            if p != NULL and key >> 3 == 1:
+                model.p, model.n = s, n
+            elif p != NULL and key >> 3 == 2:
+                version.p, version.n = s, n
+        if p == NULL:
+            return None
+    try:
+        return text(model), text(version)
+    except UnicodeDecodeError:
+        return None
+
+
 cdef inline Py_ssize_t varint_size(uint64_t v) noexcept nogil:
     cdef Py_ssize_t n = 1
     while v >= 0x80:

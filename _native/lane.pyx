@@ -35,6 +35,7 @@ import logging
 import numpy as np
 from xxhash import xxh3_128_intdigest
 
+from gateway._native.grpcpb import encode_infer
 from gateway._native.inferenc import http_answer, http_response
 from gateway._native.sigcheck import accepted_rows
 from gateway.errors import Code, GatewayError
@@ -52,6 +53,10 @@ cdef object _OBJECT = np.dtype(object)
 cdef object _DEADLINE = Code.DEADLINE_EXCEEDED
 cdef bytes _CLOSE = b"connection: close\r\n"
 cdef unsigned long long _n_lane = 0
+GRPC = object()
+"""A ticket's ``binary`` for a gRPC call: its answer is a serialized ModelInferResponse (written
+with ``proto._write_in_order(stream id, message, False)``), not an HTTP response."""
+cdef object _GRPC = GRPC
 cdef unsigned long long _n_general = 0
 
 
@@ -332,8 +337,11 @@ cdef class LaneTicket:
         if data is None:
             lane = self.lane
             try:
-                data = http_answer(lane.name, lane.version, outs, self.request.id, self.binary,
-                                   b"" if self.keep_alive else _CLOSE)
+                if self.binary is _GRPC:
+                    data = encode_infer(lane.name, lane.version, self.request.id, outs)
+                else:
+                    data = http_answer(lane.name, lane.version, outs, self.request.id, self.binary,
+                                       b"" if self.keep_alive else _CLOSE)
             except Exception:  # the general encoder names (and logs) what it cannot serialise
                 data = None
             if data is None:  # outputs the native encoder leaves to the general one
@@ -349,7 +357,10 @@ cdef class LaneTicket:
         data = None
         if err is None:
             try:
-                data = http_response(resp, self.binary, b"" if self.keep_alive else _CLOSE)
+                if self.binary is not _GRPC:
+                    data = http_response(resp, self.binary, b"" if self.keep_alive else _CLOSE)
+                elif resp.parameters is None:
+                    data = encode_infer(resp.model_name, resp.model_version, resp.id, resp.outputs)
             except Exception:  # the general encoder names (and logs) what it cannot serialise
                 data = None
         if data is None:  # an error, or outputs the native encoder leaves to the general one

@@ -371,3 +371,25 @@ def test_unfinished_messages_a_connection_holds_are_bounded() -> None:
             assert c.answer(s2)[0]["grpc-status"] == "0"
         finally:
             c.close()
+
+
+def test_common_calls_take_the_native_lane_and_identical_ones_join_undecoded(srv: ServerThread) -> None:
+    """The HTTP front's lane serves gRPC calls too: 50 identical calls in one write are one flight
+    (the followers joined by the message's bytes), each answered with its own stream's copy."""
+    from gateway._native.lane import counts
+
+    mv = srv.app.registry.get("mlp", "", require_ready=True)
+    before_lane, before_general = counts()
+    before_flights = mv.stats.shared_flights
+    c = Client(srv.grpc_port)
+    try:
+        sids = [c.call(infer_message("same")) for _ in range(50)]
+        c.flush()
+        answers = [c.answer(sid) for sid in sids]
+    finally:
+        c.close()
+    assert all(t["grpc-status"] == "0" for t, _ in answers)
+    assert len({m[0] for _, m in answers}) == 1 and pb.ModelInferResponse.FromString(answers[0][1][0]).id == "same"
+    lane, general = counts()
+    assert lane - before_lane == 50 and general == before_general
+    assert mv.stats.shared_flights > before_flights

@@ -55,8 +55,9 @@ from gateway.shm import write_outputs
 from gateway.types import InferResponse
 
 try:
-    from gateway._native.grpcpb import decode_infer, encode_infer
+    from gateway._native.grpcpb import decode_infer, encode_infer, target
     from gateway._native.h2 import GrpcConnection, Stream
+    from gateway._native.lane import GRPC
 except ImportError as exc:  # built without libnghttp2's headers (setup.py says so)
     GrpcConnection = object  # type: ignore[misc,assignment]
     Stream = Any  # type: ignore[misc,assignment]
@@ -77,6 +78,7 @@ _STATUS: dict[Code, int] = {c: getattr(grpc.StatusCode, grpc_status_name(c)).val
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 _ModelInferRequest = pb.ModelInferRequest
+_RAW_KEY = -9  # a gRPC message's raw key (``Lane.raw_key``): apart from HTTP bodies' (header lengths >= -2)
 
 
 def _unary_methods(servicer: object) -> dict[bytes, tuple[Any, str]]:
@@ -193,6 +195,10 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         self.peer = ""
         self.unanswered_ping = 0.0
         self.kinds = front.kinds
+        self._router = front.dataplane.router
+        self._inflight = front.dataplane.inflight
+        self._tickets: dict[int, Any] = {}  # stream id -> the lane's ticket (the lane removes it)
+        self._held: dict[int, int] = {}  # stream id -> budget bytes of a lane call
         self.max_message = front.settings.grpc_max_message_bytes
         self.max_buffered = front.settings.grpc_max_inflight_bytes  # unfinished messages, per connection
         self.max_header_bytes = front.settings.max_header_bytes
@@ -224,8 +230,33 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         try:
             if self.door.refuse():  # the loop is late: refuse before the decode
                 raise dp.door.error()
+            lane = raw = None
+            named = target(message)  # the version's native lane, if it has one (as the HTTP front)
+            if named is not None:
+                r = self._router.table.get(named[0])
+                if r is not None:
+                    lane = r.lanes.get(named[1])
+            if lane is not None:  # the same bytes as a call in flight: join it, undecoded
+                raw = lane.raw_key(message, _RAW_KEY)
+                t = lane.join_raw(raw, self, s.id, True, self._inflight)
+                if t is not None:
+                    self._tickets[s.id] = t
+                    if self.log_calls:
+                        s.target = (named[0], named[1], t.request.id)  # type: ignore[index]
+                    return
             infer_request = decode_infer(message, s.timeout_us)  # the common message, in C
             plan = None
+            if infer_request is not None and lane is not None:
+                size = self.budget.take(infer_request)
+                t = lane.submit(infer_request, GRPC, self, s.id, True, self._inflight, raw)
+                if t is not None:
+                    self._tickets[s.id] = t
+                    self._held[s.id] = size
+                    if self.log_calls:
+                        s.target = (infer_request.model_name, infer_request.model_version, infer_request.id)
+                    return
+                self.budget.give(size)  # the general stages say why (or take it)
+                size = 0
             if infer_request is None:  # everything else, and every error: protobuf's parser and the codec
                 try:
                     request = _ModelInferRequest.FromString(message)
@@ -306,8 +337,39 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
             q = s.state = _StreamCall(self, s)
         q.messages.put_nowait(None)
 
+    # ---- a lane call's answer (gateway._native.lane) ------------------------------------------
+    def _write_in_order(self, sid: int, data: bytes, close: bool) -> None:
+        """The serialized ModelInferResponse of lane call ``sid``."""
+        self.budget.give(self._held.pop(sid, 0))
+        s = self.streams.get(sid)
+        if s is not None:
+            self.reply(s, data)
+
+    def _answer_general(self, sid: int, resp: InferResponse | None, err: GatewayError | None,
+                        binary: Any, keep_alive: bool) -> None:
+        """A lane call's answer that the native encoder leaves to the general one (an error, or
+        outputs it does not encode)."""
+        self.budget.give(self._held.pop(sid, 0))
+        s = self.streams.get(sid)
+        if s is None:
+            return
+        if err is not None:
+            self.finish(s, _STATUS[err.code], err.message)
+            return
+        try:
+            payload = encode_infer_response(resp).SerializeToString()  # type: ignore[arg-type]
+        except Exception as exc:
+            log.exception("encoding a ModelInfer response failed")
+            self.finish(s, _INTERNAL, f"internal error: cannot encode the response: {exc}")
+            return
+        self.reply(s, payload)
+
     # ---- ends ----------------------------------------------------------------------------------
     def on_cancel(self, s: Stream) -> None:
+        t = self._tickets.pop(s.id, None)
+        if t is not None:  # a lane call
+            t.cancel()
+            self.budget.give(self._held.pop(s.id, 0))
         state = s.state
         if state is not None:
             state.cancel()
