@@ -4,11 +4,14 @@
 framing, status trailers) is ``gateway._native.h2``; this module is the policy over it, one
 ``NativeGrpcProtocol`` per connection:
 
-- ``ModelInfer`` takes no task and no future: the message is parsed by the protobuf runtime
-  (upb), decoded by the same codec as the grpc.aio front, submitted to the data plane with a
-  callback, and answered from it; batching works across the streams of every connection, as it
-  does across HTTP connections (grpc.aio hands the loop one call per pass, so its front asks for
-  eager dispatch; this one does not need to);
+- ``ModelInfer`` takes no task and no future. The common call (raw contents, numeric, no
+  parameters) is read from the wire in C (``_native.grpcpb``) and takes its version's native lane
+  (``_native.lane``) as HTTP requests do: a call whose message bytes equal a call in flight joins
+  it before any decode, and answers are encoded in C from the batch's rows. Any other call is
+  parsed by the protobuf runtime (upb), decoded by the grpc.aio front's codec, submitted to the
+  data plane with a callback, and answered from it. Batching works across the streams of every
+  connection, as across HTTP connections (grpc.aio hands the loop one call per pass, so its front
+  asks for eager dispatch; this one does not need to);
 - ``ModelStreamInfer`` runs the grpc.aio front's ``serve_stream`` over the stream's messages;
 - every other RPC runs the grpc.aio front's ``InferenceServicer`` method, in a task, through a
   context that has the grpc.aio methods it uses (``abort``, ``time_remaining``, metadata).
