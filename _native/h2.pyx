@@ -110,6 +110,7 @@ cdef extern from "nghttp2/nghttp2.h":
         NGHTTP2_HEADERS
         NGHTTP2_PING
         NGHTTP2_HCAT_REQUEST
+        NGHTTP2_HCAT_RESPONSE
         NGHTTP2_NV_FLAG_NONE
         NGHTTP2_NV_FLAG_NO_COPY_NAME
         NGHTTP2_NV_FLAG_NO_COPY_VALUE
@@ -140,6 +141,13 @@ cdef extern from "nghttp2/nghttp2.h":
     void nghttp2_option_set_max_outbound_ack(nghttp2_option* opt, size_t n)
     int nghttp2_session_server_new2(nghttp2_session** out, const nghttp2_session_callbacks* cbs, void* user_data,
                                     const nghttp2_option* opt)
+    int nghttp2_session_client_new2(nghttp2_session** out, const nghttp2_session_callbacks* cbs, void* user_data,
+                                    const nghttp2_option* opt)
+    ctypedef struct nghttp2_priority_spec:
+        pass
+    int32_t nghttp2_submit_request(nghttp2_session* session, const nghttp2_priority_spec* pri_spec,
+                                   const nghttp2_nv* nva, size_t nvlen, const nghttp2_data_provider* data_prd,
+                                   void* stream_user_data)
     void nghttp2_session_del(nghttp2_session* session)
     ssize_t nghttp2_session_mem_recv(nghttp2_session* session, const uint8_t* data, size_t length)
     ssize_t nghttp2_session_mem_send(nghttp2_session* session, const uint8_t** data)
@@ -909,3 +917,222 @@ cdef class GrpcConnection:
     @property
     def open_streams(self):
         return len(self.streams)
+
+
+
+# ---- the client side: the load tester's gRPC calls (gateway.loadtest.grpc_native) ---------------
+
+cdef class _Call:
+    cdef bytes payload  # the whole DATA: prefix and message
+    cdef Py_ssize_t pos
+    cdef int status  # grpc-status once seen, else -1
+    cdef object token  # what ``done`` gets back
+
+
+cdef int _c_on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
+                      const uint8_t* value, size_t valuelen, uint8_t flags, void* user_data) noexcept:
+    cdef GrpcClient c = <GrpcClient>user_data
+    cdef PyObject* found
+    cdef int v = 0
+    cdef size_t i
+    if frame.hd.type != NGHTTP2_HEADERS or namelen != 11 or memcmp(name, b"grpc-status", 11) != 0:
+        return 0
+    found = PyDict_GetItem(c.calls, frame.hd.stream_id)
+    if found == NULL:
+        return 0
+    for i in range(valuelen):
+        if value[i] < 48 or value[i] > 57:
+            v = 2  # UNKNOWN: not a status
+            break
+        v = v * 10 + (value[i] - 48)
+    (<_Call>found).status = v
+    return 0
+
+
+cdef int _c_on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
+                            void* user_data) noexcept:
+    cdef GrpcClient c = <GrpcClient>user_data
+    cdef PyObject* found = PyDict_GetItem(c.calls, stream_id)
+    cdef _Call call
+    if found == NULL:
+        return 0
+    call = <_Call>found
+    try:
+        del c.calls[stream_id]
+        # no status: reset or cut off (the server refused the stream, or went away): UNAVAILABLE
+        c.done(call.token, call.status if call.status >= 0 else 14)
+    except BaseException as exc:
+        c.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef ssize_t _c_read(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                     uint32_t* data_flags, nghttp2_data_source* source, void* user_data) noexcept:
+    cdef GrpcClient c = <GrpcClient>user_data
+    cdef PyObject* found = PyDict_GetItem(c.calls, stream_id)
+    cdef _Call call
+    cdef size_t n
+    if found == NULL:
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    call = <_Call>found
+    n = PyBytes_GET_SIZE(call.payload) - call.pos
+    if n > length:
+        n = length
+    memcpy(buf, PyBytes_AS_STRING(call.payload) + call.pos, n)
+    call.pos += n
+    if call.pos == PyBytes_GET_SIZE(call.payload):
+        data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    return n
+
+
+cdef class GrpcClient:
+    """One HTTP/2 connection of gRPC calls to a server, for the load tester: ``call(path, message,
+    headers, token)`` starts one (the message already serialized), and ``done(token, status)`` is
+    called with its grpc-status (14, UNAVAILABLE, when the stream ended without one). Responses are
+    not parsed, only their status read. What the calls write is sent once per loop pass."""
+
+    cdef nghttp2_session* session
+    cdef public object transport, error, done
+    cdef public dict calls
+    cdef char* obuf
+    cdef size_t ocap
+    cdef bint flush_due, in_recv, dead
+    cdef object loop
+
+    def __cinit__(self, *args, **kwargs):
+        self.calls = {}
+
+    def __dealloc__(self):
+        if self.session != NULL:
+            nghttp2_session_del(self.session)
+        if self.obuf != NULL:
+            free(self.obuf)
+
+    def h2_start(self, transport, unsigned int window=1 << 24):
+        cdef nghttp2_session_callbacks* cbs
+        cdef nghttp2_settings_entry iv[2]
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        if nghttp2_session_callbacks_new(&cbs) != 0:
+            raise MemoryError()
+        nghttp2_session_callbacks_set_on_header_callback(cbs, _c_on_header)
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _c_on_stream_close)
+        rv = nghttp2_session_client_new2(&self.session, cbs, <void*>self, NULL)
+        nghttp2_session_callbacks_del(cbs)
+        if rv != 0:
+            raise MemoryError(nghttp2_strerror(rv).decode())
+        iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        iv[0].value = 100000
+        iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
+        iv[1].value = window
+        nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, iv, 2)
+        nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0, window)
+        self._flush()
+
+    def call(self, list headers, bytes message, token):
+        """Start one call: ``headers`` a list of (name, value) bytes pairs (pseudo-headers first),
+        ``message`` the serialized request. False when the connection is gone."""
+        cdef nghttp2_nv nva[32]
+        cdef nghttp2_data_provider prd
+        cdef Py_ssize_t n = 0, size = PyBytes_GET_SIZE(message)
+        cdef int32_t sid
+        cdef _Call c
+        cdef char* o
+        if self.session == NULL or self.dead:
+            return False
+        for k, v in headers[:32]:
+            set_nv(&nva[n], k, v)
+            n += 1
+        c = _Call.__new__(_Call)
+        c.payload = PyBytes_FromStringAndSize(NULL, size + PREFIX)
+        o = PyBytes_AS_STRING(c.payload)
+        o[0] = 0
+        o[1] = (size >> 24) & 0xff
+        o[2] = (size >> 16) & 0xff
+        o[3] = (size >> 8) & 0xff
+        o[4] = size & 0xff
+        memcpy(o + PREFIX, PyBytes_AS_STRING(message), size)
+        c.status = -1
+        c.token = token
+        prd.source.ptr = NULL
+        prd.read_callback = _c_read
+        sid = nghttp2_submit_request(self.session, NULL, nva, n, &prd, NULL)
+        if sid < 0:
+            return False
+        self.calls[sid] = c
+        if not self.in_recv and not self.flush_due:
+            self.flush_due = True
+            self.loop.call_soon(self._flush_soon)
+        return True
+
+    def _flush_soon(self):
+        self.flush_due = False
+        self._flush()
+
+    def data_received(self, data):
+        cdef ssize_t rv
+        if self.session == NULL or self.dead:
+            return
+        self.in_recv = True
+        try:
+            rv = nghttp2_session_mem_recv(self.session, <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        finally:
+            self.in_recv = False
+        if self.error is not None:
+            exc, self.error = self.error, None
+            self._die()
+            raise exc
+        if rv < 0:
+            self._die()
+            return
+        self._flush()
+
+    cpdef _flush(self):
+        cdef const uint8_t* p
+        cdef ssize_t n
+        cdef size_t olen = 0, cap
+        cdef char* nb
+        if self.session == NULL or self.dead:
+            return
+        while True:
+            n = nghttp2_session_mem_send(self.session, &p)
+            if n <= 0:
+                break
+            if olen + n > self.ocap:
+                cap = self.ocap * 2 if self.ocap else 65536
+                while cap < olen + n:
+                    cap *= 2
+                nb = <char*>realloc(self.obuf, cap)
+                if nb == NULL:
+                    raise MemoryError()
+                self.obuf = nb
+                self.ocap = cap
+            memcpy(self.obuf + olen, p, n)
+            olen += n
+        if olen and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(PyBytes_FromStringAndSize(self.obuf, olen))
+        if self.ocap > (4 << 20):
+            free(self.obuf)
+            self.obuf = NULL
+            self.ocap = 0
+
+    cdef void _die(self) except *:
+        if self.dead:
+            return
+        self.dead = True
+        if self.transport is not None:
+            self.transport.close()
+        self.fail_all()
+
+    def fail_all(self):
+        """The connection is gone: every call still open ends UNAVAILABLE."""
+        cdef _Call c
+        calls, self.calls = self.calls, {}
+        self.dead = True
+        for c in calls.values():
+            self.done(c.token, 14)
+
+    @property
+    def open_calls(self):
+        return len(self.calls)

@@ -87,7 +87,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--connections", type=int, default=0, help="connections opened up front per process (0: auto)")
     g.add_argument("--max-connections", type=int, default=1000, help="pool bound, all processes together "
                    "(gRPC: calls in flight)")
-    g.add_argument("--grpc-channels", type=int, default=2, help="gRPC channels per process")
+    g.add_argument("--grpc-channels", type=int, default=2, help="gRPC channels (connections) per process")
+    g.add_argument("--grpc-client", choices=("native", "grpcio"), default="native",
+                   help="gRPC client: native (HTTP/2 in C on libnghttp2; the default) or grpcio (grpc.aio)")
     g.add_argument("--timeout", type=float, default=10.0, help="seconds before a request counts as timed out")
     g.add_argument("--late-ms", type=float, default=5.0, help="a send this far behind schedule counts as late")
     g.add_argument("--arrivals", choices=("constant", "poisson"), default="constant")
@@ -164,6 +166,7 @@ def _spec(args: argparse.Namespace, target: Target, **load: Any) -> RunSpec:
     conns = args.connections or max(2, min(256, math.ceil(peak / procs * 0.002) + 2))
     return RunSpec(target=target, procs=procs, timeout=args.timeout, late_ms=args.late_ms, connections=conns,
                    max_connections=max(1, math.ceil(args.max_connections / procs)), grpc_channels=args.grpc_channels,
+                   grpc_client=args.grpc_client,
                    interval=args.interval, warmup=args.warmup, seed=args.seed, poisson=args.arrivals == "poisson",
                    max_requests=args.max_requests, **load)
 

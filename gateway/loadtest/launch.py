@@ -39,8 +39,9 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _new_loop(grpc: bool) -> asyncio.AbstractEventLoop:
-    if grpc:
+def _new_loop(grpcio: bool) -> asyncio.AbstractEventLoop:
+    """uvloop, but the stdlib loop for the grpc.aio client (its poller integration targets it)."""
+    if grpcio:
         return asyncio.new_event_loop()
     import uvloop
 
@@ -76,7 +77,7 @@ def _child(spec: RunSpec, reqs: RequestSet, proc: int, ready_q: Any, go: Any, st
         with contextlib.suppress(Exception):
             tick_q.put_nowait(snap)
 
-    loop = _new_loop(spec.target.is_grpc)
+    loop = _new_loop(spec.target.is_grpc and spec.grpc_client == "grpcio")
     try:
         outcome = loop.run_until_complete(run_worker(spec, reqs, proc, wait_start=wait_start, on_tick=on_tick))
         result_q.put(("ok", proc, _summaries_one(spec, outcome)))
@@ -96,7 +97,7 @@ def run_load(spec: RunSpec, reqs: RequestSet, on_tick: Ticker | None = None) -> 
     """Run and return the merged summary (see ``merge.merge``). Raises if a generator failed."""
     _raise_nofile()
     if spec.procs <= 1:
-        loop = _new_loop(spec.target.is_grpc)
+        loop = _new_loop(spec.target.is_grpc and spec.grpc_client == "grpcio")
         try:
             outcome = loop.run_until_complete(run_worker(spec, reqs, 0, on_tick=on_tick))
         finally:

@@ -49,6 +49,7 @@ class RunSpec:
     connections: int = 8  # open loop: connections opened up front, per process
     max_connections: int = 1024  # open loop: pool bound per process (gRPC: calls in flight)
     grpc_channels: int = 2
+    grpc_client: str = "native"  # "native" (libnghttp2, gateway.loadtest.grpc_native) or "grpcio" (grpc.aio)
     interval: float = 1.0  # histogram interval, seconds
     warmup: float = 0.0  # seconds excluded from the statistics
     seed: int = 0
@@ -135,6 +136,16 @@ def _make_engine(spec: RunSpec, reqs: RequestSet, rec: Recorder, choice: np.ndar
     tg = spec.target
     late_s = spec.late_ms / 1e3
     share = spec.concurrency // spec.procs + (1 if proc < spec.concurrency % spec.procs else 0)
+    if tg.is_grpc and spec.grpc_client == "native":
+        from gateway.loadtest.grpc_native import NativeGrpcClosedLoop, NativeGrpcOpenLoop
+
+        if spec.mode == "open":
+            return NativeGrpcOpenLoop(tg.host, tg.port, reqs.payloads, reqs.grpc_metadata, choice, times, rec,
+                                      clock.now, start=start, channels=spec.grpc_channels,
+                                      max_in_flight=spec.max_connections, timeout=spec.timeout, late_s=late_s)
+        return NativeGrpcClosedLoop(tg.host, tg.port, reqs.payloads, reqs.grpc_metadata, choice, rec, clock.now,
+                                    channels=spec.grpc_channels, concurrency=share, end=start + spec.duration,
+                                    max_requests=_share(spec.max_requests, spec.procs, proc), timeout=spec.timeout)
     if tg.is_grpc:
         from gateway.loadtest.grpc_client import GrpcClosedLoop, GrpcOpenLoop
 

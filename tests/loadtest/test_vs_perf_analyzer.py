@@ -9,8 +9,9 @@ so its figure is divided by the batch.
 
 Needs a perf_analyzer binary: set PERF_ANALYZER (``../shared/bench/get_perf_analyzer.sh DIR`` provisions
 one and prints its path; .ci/run does). Skipped otherwise. Both tools drive ``gateway serve`` (model
-"mlp", INPUT0 FP32 [-1,64]) at the same concurrency with HTTP binary-tensor requests of 64 rows, one
-after the other on a warm server.
+"mlp", INPUT0 FP32 [-1,64]) at the same concurrency with requests of 64 rows, one after the other on
+a warm server: over HTTP with binary tensors, and over gRPC (ours with the native client, on
+libnghttp2; perf_analyzer with grpc-core).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def gateway_http_port(tmp_path: Path):
+def gateway_ports(tmp_path: Path):
     import onnx
 
     from gateway.demo import mlp_model
@@ -74,7 +75,7 @@ def gateway_http_port(tmp_path: Path):
             if time.monotonic() > deadline:
                 raise TimeoutError("gateway not ready in 60 s")
             time.sleep(0.2)
-        yield http
+        yield http, grpc
     finally:
         proc.terminate()
         try:
@@ -84,8 +85,8 @@ def gateway_http_port(tmp_path: Path):
             proc.wait(timeout=5)
 
 
-def _perf_analyzer(port: int) -> float:
-    out = subprocess.run([PA, "-m", "mlp", "-u", f"127.0.0.1:{port}", "-i", "http", "-b", str(BATCH),
+def _perf_analyzer(port: int, protocol: str = "http") -> float:
+    out = subprocess.run([PA, "-m", "mlp", "-u", f"127.0.0.1:{port}", "-i", protocol, "-b", str(BATCH),
                           "--concurrency-range", str(CONCURRENCY), "--measurement-interval", "4000",
                           "--stability-percentage", "30", "--max-trials", "5"],
                          capture_output=True, text=True, timeout=120)
@@ -95,8 +96,8 @@ def _perf_analyzer(port: int) -> float:
     return float(m.group(1)) / BATCH  # rows/s -> requests/s
 
 
-def _ours(port: int, capsys, seconds: float = 6.0) -> float:
-    assert main(["--url", f"127.0.0.1:{port}", "-m", "mlp", "-p", "http-binary", "--batch", str(BATCH), "--closed",
+def _ours(port: int, capsys, seconds: float = 6.0, protocol: str = "http-binary") -> float:
+    assert main(["--url", f"127.0.0.1:{port}", "-m", "mlp", "-p", protocol, "--batch", str(BATCH), "--closed",
                  "--concurrency", str(CONCURRENCY), "-d", str(seconds), "--warmup", "1", "--procs", "1",
                  "--json", "-q"]) == 0
     s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["summary"]
@@ -104,20 +105,24 @@ def _ours(port: int, capsys, seconds: float = 6.0) -> float:
     return s["achieved_rps"]
 
 
-def test_closed_loop_throughput_matches_perf_analyzer(gateway_http_port, capsys):
-    _ours(gateway_http_port, capsys, seconds=2.0)  # warm the server (first batches, allocator, caches)
+@pytest.mark.parametrize("protocol", ["http-binary", "grpc"])
+def test_closed_loop_throughput_matches_perf_analyzer(gateway_ports, capsys, protocol):
+    """HTTP with the binary extension, and gRPC with the native client (libnghttp2)."""
+    port = gateway_ports[1] if protocol == "grpc" else gateway_ports[0]
+    pa_protocol = "grpc" if protocol == "grpc" else "http"
+    _ours(port, capsys, seconds=2.0, protocol=protocol)  # warm the server (first batches, caches)
     # On a shared machine the server's own speed drifts over a minute (one CI run saw ours 17 % above
     # perf_analyzer, earlier runs 5-7 % below): measure ours before and after perf_analyzer and
     # compare with the mean, so that a drift during the test cancels out.
     # A host hiccup during one measurement can still break a single comparison, so a miss is
     # measured once more, whole, before the test fails; both attempts are printed.
     for attempt in (1, 2):
-        before = _ours(gateway_http_port, capsys, seconds=5.0)
-        pa = _perf_analyzer(gateway_http_port)
-        after = _ours(gateway_http_port, capsys, seconds=5.0)
+        before = _ours(port, capsys, seconds=5.0, protocol=protocol)
+        pa = _perf_analyzer(port, pa_protocol)
+        after = _ours(port, capsys, seconds=5.0, protocol=protocol)
         ours = (before + after) / 2
         with capsys.disabled():  # the next _ours() reads captured output: print past the capture
-            print(f"attempt {attempt}: perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before "
+            print(f"{protocol} attempt {attempt}: perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before "
                   f"{before:.0f}, after {after:.0f}; concurrency {CONCURRENCY}, batch {BATCH})")
         if ours == pytest.approx(pa, rel=0.10):
             break

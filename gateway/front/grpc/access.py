@@ -1,8 +1,8 @@
 """The gRPC access log: one ``gateway.access`` line per call, on either front.
 
-grpc.aio front: a server interceptor (``AccessLogInterceptor``). Native front: the connection
-subclass ``AccessLoggedGrpcProtocol``, which logs each stream when its status is decided (or its
-client resets it: CANCELLED). Either is installed only when ``access_log`` is on, so a server
+grpc.aio front: a server interceptor (``AccessLogInterceptor``, here). Native front: the connection
+subclass ``front.grpc.native.AccessLoggedGrpcProtocol``, which logs each stream when its status is
+decided (or its client resets it: CANCELLED), with the same fields. Either is installed only when ``access_log`` is on, so a server
 without it runs no logging code per call.
 
 For the grpc.aio front, Each RPC handler is wrapped once (cached by method): the wrapper times the
@@ -120,40 +120,5 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         return handler  # no other kinds are served
 
 
-_STATUS_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
 
-
-def _logged_protocol() -> type:
-    from gateway.front.grpc.native import NativeGrpcProtocol
-
-    class AccessLoggedGrpcProtocol(NativeGrpcProtocol):  # type: ignore[misc,valid-type]
-        """The native front's connection, logging every call as the grpc.aio interceptor does: the
-        RPC's name, the status name, the time from its headers to its status, the model, version
-        and request id where the request has them (a stream: one line, without them)."""
-
-        def __init__(self, front: Any) -> None:
-            super().__init__(front)
-            self.log_calls = True
-
-        def finished(self, s: Any, status: int) -> None:
-            self._log(s, _STATUS_NAMES.get(status, str(status)))
-
-        def on_cancel(self, s: Any) -> None:
-            super().on_cancel(s)
-            self._log(s, "CANCELLED")
-
-        def _log(self, s: Any, code: str) -> None:
-            path = s.path.decode("latin-1")
-            model, version, rid = s.target or ("", "", "")
-            start = s.started or time.time()
-            took = (time.perf_counter() - s.started_mono) * 1000.0 if s.started_mono else 0.0
-            log_access(start, "grpc", path.rsplit("/", 1)[-1], path, model, version, code, None, None,
-                       took, self.peer.split(":", 1)[1] if self.peer.startswith(("ipv4:", "ipv6:")) else self.peer,
-                       rid)
-
-    return AccessLoggedGrpcProtocol
-
-
-AccessLoggedGrpcProtocol = _logged_protocol()
-
-__all__ = ["AccessLogInterceptor", "AccessLoggedGrpcProtocol"]
+__all__ = ["AccessLogInterceptor"]

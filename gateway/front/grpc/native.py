@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,6 +52,7 @@ from gateway.front.grpc.server import ByteBudget, InferenceServicer
 from gateway.front.grpc.stream import serve_stream
 from gateway.front.http.accept import Listener, bind
 from gateway.front.status import grpc_status_name
+from gateway.logs import log_access
 from gateway.pb import SERVICE, SERVICE_NAME
 from gateway.pb import service as pb
 from gateway.settings import ServerSettings
@@ -151,7 +153,7 @@ class _InferCall:
         conn, s = self.conn, self.stream
         conn.budget.give(self.size)
         self.size = 0
-        s.ticket = None
+        s.ticket = s.state = None  # the stream and its call pointed at each other: no cycle left
         if err is not None:
             conn.finish(s, _STATUS[err.code], err.message)
             return
@@ -180,7 +182,7 @@ class _InferCall:
     def cancel(self) -> None:
         """The client reset the stream: drop the queued work, give its bytes back."""
         t = self.stream.ticket
-        self.stream.ticket = None
+        self.stream.ticket = self.stream.state = None
         if t is not None:
             t.cancel()
         self.conn.budget.give(self.size)
@@ -319,6 +321,8 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
             log.exception("%s failed", s.path.decode("latin-1"))
             self.finish(s, _INTERNAL, f"internal error: {exc}")
             return
+        finally:
+            s.state = None  # (the task)
         self.reply(s, resp.SerializeToString(), ctx.trailers)
 
     # ---- ModelStreamInfer ----------------------------------------------------------------------
@@ -397,6 +401,36 @@ class NativeGrpcProtocol(GrpcConnection, asyncio.Protocol):  # type: ignore[misc
         return out
 
 
+_STATUS_NAMES = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+class AccessLoggedGrpcProtocol(NativeGrpcProtocol):
+    """The connection with the access log (``access_log``): one ``gateway.access`` line per call,
+    with the grpc.aio interceptor's fields (``front.grpc.access``): the RPC's name, the status name,
+    the time from its headers to its status, the model, version and request id where the request
+    has them (a stream: one line, without them). What C answers by itself (an unknown method, a
+    message past the limit) and a reset by the client (CANCELLED) are logged too."""
+
+    def __init__(self, front: NativeGrpcFront) -> None:
+        super().__init__(front)
+        self.log_calls = True
+
+    def finished(self, s: Stream, status: int) -> None:
+        self._log(s, _STATUS_NAMES.get(status, str(status)))
+
+    def on_cancel(self, s: Stream) -> None:
+        super().on_cancel(s)
+        self._log(s, "CANCELLED")
+
+    def _log(self, s: Stream, code: str) -> None:
+        path = s.path.decode("latin-1")
+        model, version, rid = s.target or ("", "", "")
+        start = s.started or time.time()
+        took = (time.perf_counter() - s.started_mono) * 1000.0 if s.started_mono else 0.0
+        peer = self.peer.split(":", 1)[1] if self.peer.startswith(("ipv4:", "ipv6:")) else self.peer
+        log_access(start, "grpc", path.rsplit("/", 1)[-1], path, model, version, code, None, None, took, peer, rid)
+
+
 def _metadata(s: Stream, names: tuple[str, ...]) -> dict[str, str] | None:
     out: dict[str, str] | None = None
     for k, v in s.metadata or ():
@@ -439,6 +473,8 @@ class _StreamCall:
             log.exception("ModelStreamInfer failed")
             conn.finish(s, _INTERNAL, f"internal error: {exc}")
             return
+        finally:
+            s.state = None  # the stream and this call pointed at each other: no cycle left
         conn.finish(s, 0, "")
 
     def cancel(self) -> None:
@@ -469,8 +505,6 @@ class NativeGrpcFront:
         socks = bind(s.host, s.grpc_port, _BACKLOG, s.workers > 1)
         protocol: type[NativeGrpcProtocol] = NativeGrpcProtocol
         if s.access_log:  # only then: the plain protocol carries no logging
-            from gateway.front.grpc.access import AccessLoggedGrpcProtocol
-
             protocol = AccessLoggedGrpcProtocol
         self.listener = Listener(socks, lambda: protocol(self))
         self.listener.start()
@@ -522,4 +556,4 @@ async def start_native_grpc_front(dataplane: DataPlane, settings: ServerSettings
     return front
 
 
-__all__ = ["MISSING", "NativeGrpcFront", "NativeGrpcProtocol", "start_native_grpc_front"]
+__all__ = ["MISSING", "AccessLoggedGrpcProtocol", "NativeGrpcFront", "NativeGrpcProtocol", "start_native_grpc_front"]
