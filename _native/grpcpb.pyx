@@ -134,36 +134,34 @@ cdef int parse_input(const uint8_t* p, const uint8_t* end, Input* t) noexcept no
     return 0
 
 
+cdef inline bint push_dim(list dims, uint64_t v) except -1:
+    """Append dimension ``v``; False when the path does not take it (negative as int64, too large,
+    past MAX_DIMS: the general path names it)."""
+    if v >> 62 or len(dims) == MAX_DIMS:
+        return False
+    dims.append(<int64_t>v)
+    return True
+
+
 cdef object shape_of(Input* t):
     """The tensor's shape as a tuple, or None when it is not one this path takes."""
     cdef const uint8_t* p = t.shape.p
     cdef const uint8_t* end = p + t.shape.n
     cdef uint64_t v, key
     cdef list dims = []
-    if t.packed:
-        while p < end:
-            p = read_varint(p, end, &v)
-            if p == NULL or v >> 62:
-                return None
-            dims.append(<int64_t>v)
-            if len(dims) > MAX_DIMS:
-                return None
-        return tuple(dims)
-    while p < end:  # the whole tensor message: its unpacked field-3 varints
-        p = read_varint(p, end, &key)
-        if p == NULL:
-            return None
-        if key == (3 << 3):
-            p = read_varint(p, end, &v)
-            if p == NULL or v >> 62:
-                return None
-            dims.append(<int64_t>v)
-            if len(dims) > MAX_DIMS:
-                return None
-        else:
-            p = skip_field(p, end, <int>(key & 7))
+    while p < end:
+        if not t.packed:  # the whole tensor message: its unpacked field-3 varints
+            p = read_varint(p, end, &key)
             if p == NULL:
                 return None
+            if key != (3 << 3):
+                p = skip_field(p, end, <int>(key & 7))
+                if p == NULL:
+                    return None
+                continue
+        p = read_varint(p, end, &v)
+        if p == NULL or not push_dim(dims, v):
+            return None
     return tuple(dims)
 
 

@@ -261,6 +261,20 @@ cdef inline void set_nv(nghttp2_nv* nv, bytes name, bytes value) noexcept:
     nv.flags = NGHTTP2_NV_FLAG_NONE  # nghttp2 copies the block when it is submitted
 
 
+cdef Py_ssize_t status_block(Stream s, bytes status, nghttp2_nv* nva) except -1:
+    """``grpc-status``, ``grpc-message`` and the extra trailers of ``s`` into ``nva``; their count."""
+    cdef Py_ssize_t n = 1
+    set_nv(&nva[0], b"grpc-status", status)
+    if s.grpc_message is not None:
+        set_nv(&nva[1], b"grpc-message", s.grpc_message)
+        n = 2
+    if s.trailers:
+        for k, v in s.trailers:
+            set_nv(&nva[n], k, v)
+            n += 1
+    return n
+
+
 cdef class Stream:
     """One gRPC call: what its request said, and what is owed on it."""
 
@@ -410,13 +424,7 @@ cdef int _on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t 
             return 0
         s = <Stream>found
         del conn.streams[stream_id]
-        s.closed = True
-        s.buf = None
-        s.pending = None
-        conn._release(s)
-        if not s.finished and not s.bad:
-            conn.cancelled += 1
-            conn.on_cancel(s)
+        conn._closed(s)
     except BaseException as exc:
         conn.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -746,18 +754,10 @@ cdef class GrpcConnection:
             return
         s.headers_sent = True
         s.outq = None
-        st = str(status).encode()
+        st = str(status).encode()  # (held here until nghttp2 has copied it)
         set_nv(&nva[0], b":status", _S_200)
         set_nv(&nva[1], b"content-type", _CT)
-        set_nv(&nva[2], b"grpc-status", st)
-        n = 3
-        if s.grpc_message is not None:
-            set_nv(&nva[3], b"grpc-message", s.grpc_message)
-            n = 4
-        if s.trailers:
-            for k, v in s.trailers:
-                set_nv(&nva[n], k, v)
-                n += 1
+        n = 2 + status_block(s, st, nva + 2)
         nghttp2_submit_response(self.session, s.id, nva, n, NULL)  # trailers-only: END_STREAM on HEADERS
         self._want_flush()
 
@@ -800,16 +800,7 @@ cdef class GrpcConnection:
         if s.finished:
             data_flags[0] |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM
             st = str(s.status).encode()  # (held here until nghttp2 has copied it)
-            set_nv(&nva[0], b"grpc-status", st)
-            n = 1
-            if s.grpc_message is not None:
-                set_nv(&nva[1], b"grpc-message", s.grpc_message)
-                n = 2
-            if s.trailers:
-                for k, v in s.trailers:
-                    set_nv(&nva[n], k, v)
-                    n += 1
-            nghttp2_submit_trailer(self.session, s.id, nva, n)
+            nghttp2_submit_trailer(self.session, s.id, nva, status_block(s, st, nva))
             return done
         if done == 0:
             s.deferred = True
@@ -906,13 +897,18 @@ cdef class GrpcConnection:
         cdef Stream s
         streams, self.streams = self.streams, {}
         for s in streams.values():
-            s.closed = True
-            s.buf = None
-            s.pending = None
-            self._release(s)
-            if not s.finished and not s.bad:
-                self.cancelled += 1
-                self.on_cancel(s)
+            self._closed(s)
+
+    cdef void _closed(self, Stream s) except *:
+        """``s`` is gone (reset, or its connection ended): what it held goes back, and a call not
+        yet finished is cancelled."""
+        s.closed = True
+        s.buf = None
+        s.pending = None
+        self._release(s)
+        if not s.finished and not s.bad:
+            self.cancelled += 1
+            self.on_cancel(s)
 
     @property
     def open_streams(self):

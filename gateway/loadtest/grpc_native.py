@@ -81,7 +81,31 @@ class _Pool:
                 c.transport.close()
 
 
-class NativeGrpcOpenLoop:
+class _Engine:
+    """What both loops share: the connection pool, opened before the start and closed at the end."""
+
+    pool: _Pool
+    connect_errors: int
+
+    @property
+    def opened(self) -> int:
+        return len(self.pool.conns)
+
+    async def prepare(self, n: int) -> None:
+        try:
+            await self.pool.open(10.0)
+        except OSError:
+            self.connect_errors += 1
+            raise
+
+    def close(self) -> None:
+        self.pool.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+class NativeGrpcOpenLoop(_Engine):
     """Open loop: each due request starts a call at once (up to ``max_in_flight``; then it waits,
     its latency still counted from the intended time)."""
 
@@ -99,19 +123,8 @@ class NativeGrpcOpenLoop:
         self.late = self.connect_errors = self.max_open = 0
 
     @property
-    def opened(self) -> int:
-        return len(self.pool.conns)
-
-    @property
     def in_flight(self) -> int:
         return self.active + len(self.pending)
-
-    async def prepare(self, n: int) -> None:
-        try:
-            await self.pool.open(10.0)
-        except OSError:
-            self.connect_errors += 1
-            raise
 
     def submit(self, i: int) -> None:
         if self.active < self.max_in_flight:
@@ -142,14 +155,8 @@ class NativeGrpcOpenLoop:
             i = self.pending.popleft()
             self.rec.record(i, self.clock() - self.intended[i], ST_TIMEOUT)
 
-    def close(self) -> None:
-        self.pool.close()
 
-    async def aclose(self) -> None:
-        self.close()
-
-
-class NativeGrpcClosedLoop:
+class NativeGrpcClosedLoop(_Engine):
     """Closed loop: ``concurrency`` calls in flight; each answer starts the next call."""
 
     def __init__(self, host: str, port: int, payloads: Sequence[bytes],
@@ -167,21 +174,12 @@ class NativeGrpcClosedLoop:
         self.stopped = False
 
     @property
-    def opened(self) -> int:
+    def max_open(self) -> int:
         return len(self.pool.conns)
-
-    max_open = opened
 
     @property
     def in_flight(self) -> int:
         return self.concurrency
-
-    async def prepare(self, n: int) -> None:
-        try:
-            await self.pool.open(10.0)
-        except OSError:
-            self.connect_errors += 1
-            raise
 
     def begin(self) -> None:
         for _ in range(self.concurrency):
@@ -213,7 +211,4 @@ class NativeGrpcClosedLoop:
 
     def close(self) -> None:
         self.stopped = True
-        self.pool.close()
-
-    async def aclose(self) -> None:
-        self.close()
+        super().close()
