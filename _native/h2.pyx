@@ -1026,29 +1026,36 @@ cdef class GrpcClient:
         nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0, window)
         self._flush()
 
-    def call(self, list headers, bytes message, token):
-        """Start one call: ``headers`` a list of (name, value) bytes pairs (pseudo-headers first),
-        ``message`` the serialized request. False when the connection is gone."""
-        cdef nghttp2_nv nva[32]
-        cdef nghttp2_data_provider prd
-        cdef Py_ssize_t n = 0, size = PyBytes_GET_SIZE(message)
-        cdef int32_t sid
-        cdef _Call c
-        cdef char* o
-        if self.session == NULL or self.dead:
-            return False
-        for k, v in headers[:32]:
-            set_nv(&nva[n], k, v)
-            n += 1
-        c = _Call.__new__(_Call)
-        c.payload = PyBytes_FromStringAndSize(NULL, size + PREFIX)
-        o = PyBytes_AS_STRING(c.payload)
+    @staticmethod
+    def frame(bytes message not None):
+        """``message`` with its gRPC prefix (uncompressed, its length): what ``call`` sends."""
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(message)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size + PREFIX)
+        cdef char* o = PyBytes_AS_STRING(out)
         o[0] = 0
         o[1] = (size >> 24) & 0xff
         o[2] = (size >> 16) & 0xff
         o[3] = (size >> 8) & 0xff
         o[4] = size & 0xff
         memcpy(o + PREFIX, PyBytes_AS_STRING(message), size)
+        return out
+
+    def call(self, list headers, bytes framed, token):
+        """Start one call: ``headers`` a list of (name, value) bytes pairs (pseudo-headers first),
+        ``framed`` the serialized request with its prefix (``frame``: made once per request kind).
+        False when the connection is gone."""
+        cdef nghttp2_nv nva[32]
+        cdef nghttp2_data_provider prd
+        cdef Py_ssize_t n = 0
+        cdef int32_t sid
+        cdef _Call c
+        if self.session == NULL or self.dead:
+            return False
+        for k, v in headers[:32]:
+            set_nv(&nva[n], k, v)
+            n += 1
+        c = _Call.__new__(_Call)
+        c.payload = framed
         c.status = -1
         c.token = token
         prd.source.ptr = NULL

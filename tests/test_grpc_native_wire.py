@@ -10,6 +10,7 @@ an abandoned stream leaves nothing behind).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -433,3 +434,56 @@ def test_calls_leave_no_reference_cycles_behind(srv: ServerThread) -> None:
     finally:
         c.close()
     del tensor
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_as_tritonclient_sends_them(srv: ServerThread, algorithm: str) -> None:
+    """tritonclient's ``compression_algorithm``: the message compressed, grpc-encoding named."""
+    import tritonclient.grpc as grpcclient
+
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+    inp = grpcclient.InferInput("INPUT0", [1, 64], "FP32")
+    inp.set_data_from_numpy(X.reshape(1, 64))
+    got = c.infer("mlp", [inp], compression_algorithm=algorithm).as_numpy("OUTPUT0")
+    plain = c.infer("mlp", [inp]).as_numpy("OUTPUT0")
+    c.close()
+    np.testing.assert_array_equal(got, plain)
+
+
+def test_unknown_message_encoding_is_unimplemented(srv: ServerThread) -> None:
+    c = Client(srv.grpc_port)
+    try:
+        msg = infer_message("z")
+        sid = c.call(b"\x01" + msg[1:], extra=(("grpc-encoding", "snappy"),))
+        c.flush()
+        t = c.answer(sid)[0]
+        assert t["grpc-status"] == "12" and "snappy" in t["grpc-message"]
+    finally:
+        c.close()
+
+
+def test_keepalive_closes_a_connection_whose_pings_go_unanswered() -> None:
+    """A PING every grpc_keepalive_time_s: a client that answers stays connected; one that never
+    reads (so never acknowledges) is closed once grpc_keepalive_timeout_s has passed."""
+    with ServerThread(grpc_front="native", grpc_keepalive_time_s=0.2, grpc_keepalive_timeout_s=0.3) as s:
+        live, dead = Client(s.grpc_port), Client(s.grpc_port)
+        try:
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:  # the live client reads and acknowledges
+                with contextlib.suppress(TimeoutError, socket.timeout):
+                    live.pump(lambda: False, timeout=0.1)
+            assert not live.closed
+            dead.sock.settimeout(5)
+            data = b""
+            while True:  # the dead one only now reads: PINGs, then the close
+                chunk = dead.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            assert data  # it was sent PINGs before being closed
+            sid = live.call(infer_message("still"))
+            live.flush()
+            assert live.answer(sid)[0]["grpc-status"] == "0"
+        finally:
+            live.close()
+            dead.close()

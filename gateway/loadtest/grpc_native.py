@@ -3,8 +3,8 @@
 grpc.aio costs the client ~100 µs of CPU per call, so on a machine shared with the server it
 measured the tool, not the server (1.3k calls/s against a front that takes 50k). This client sends
 the same pre-serialized messages (``targets.encode_grpc``) over HTTP/2 connections driven from C:
-a call is one C call to start and one Python callback when its stream closes, with the
-grpc-status read from the trailers. Responses are never parsed. Calls are spread over
+a call is one C call to start (its framed message made once per request kind) and one Python
+callback when its stream closes, with the grpc-status read from the trailers. Responses are never parsed. Calls are spread over
 ``channels`` connections per process, round robin. The deadline travels as ``grpc-timeout``,
 and the server enforces it. Status codes are recorded as the grpc.aio client records them
 (``GRPC_BASE + code``); a stream that ends without a status (reset, connection lost) is
@@ -115,7 +115,7 @@ class NativeGrpcOpenLoop(_Engine):
                  max_in_flight: int, timeout: float, late_s: float) -> None:
         self.pool = _Pool(host, port, channels, self._done)
         self.headers = _headers(host, port, metadata, timeout)
-        self.payloads, self.choice, self.intended = payloads, choice.tolist(), intended
+        self.payloads, self.choice, self.intended = [GrpcClient.frame(m) for m in payloads], choice.tolist(), intended
         self.rec, self.clock, self.start = rec, clock, start
         self.max_in_flight, self.timeout, self.late_s = max_in_flight, timeout, late_s
         self.pending: deque[int] = deque()
@@ -165,7 +165,7 @@ class NativeGrpcClosedLoop(_Engine):
                  max_requests: int | None, timeout: float) -> None:
         self.pool = _Pool(host, port, channels, self._done)
         self.headers = _headers(host, port, metadata, timeout)
-        self.payloads, self.choice = payloads, choice.tolist()
+        self.payloads, self.choice = [GrpcClient.frame(m) for m in payloads], choice.tolist()
         self.rec, self.clock, self.end = rec, clock, end
         self.concurrency = concurrency
         self.budget = max_requests if max_requests is not None else 1 << 62
