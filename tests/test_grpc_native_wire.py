@@ -487,3 +487,23 @@ def test_keepalive_closes_a_connection_whose_pings_go_unanswered() -> None:
         finally:
             live.close()
             dead.close()
+
+
+@pytest.mark.parametrize("shape", [[1 << 40, 64], [-1, 64], [0, 1 << 62], [1] * 65])
+def test_huge_or_impossible_declared_shapes_are_refused_without_allocating(srv: ServerThread,
+                                                                            shape: list[int]) -> None:
+    """A shape no array can have, or one far past the raw contents sent: INVALID_ARGUMENT from the
+    codec (the C decoder leaves it to it), nothing allocated for it, and the server goes on."""
+    req = pb.ModelInferRequest(model_name="mlp", id="huge")
+    req.inputs.add(name="INPUT0", datatype="FP32", shape=shape)
+    req.raw_input_contents.append(X.tobytes())
+    msg = req.SerializeToString()
+    c = Client(srv.grpc_port)
+    try:
+        sid = c.call(struct.pack(">BI", 0, len(msg)) + msg)
+        ok = c.call(infer_message("fine"))
+        c.flush()
+        assert c.answer(sid)[0]["grpc-status"] == "3"  # INVALID_ARGUMENT
+        assert c.answer(ok)[0]["grpc-status"] == "0"
+    finally:
+        c.close()
