@@ -60,9 +60,13 @@ def gateway_ports(tmp_path: Path):
     # and the tools would no longer measure the same server work.
     (tmp_path / "mlp" / "config.toml").write_text("coalesce = false\n")
     http, grpc = _free_port(), _free_port()
+    # No shedding at the door: one batch of 4 x 64 rows of this model holds the loop past
+    # shed_loop_lag_ms on a slow machine, and the door then refuses the calls that arrived
+    # meanwhile (measured in CI). The closed loop bounds the load; the door is not what is tested.
+    env = {**os.environ, "GATEWAY_SHED_LOOP_LAG_MS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--model-repository", str(tmp_path),
                              "--http-port", str(http),
-                             "--grpc-port", str(grpc), "--log-level", "WARNING"], cwd=REPO,
+                             "--grpc-port", str(grpc), "--log-level", "WARNING"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -88,11 +92,13 @@ def gateway_ports(tmp_path: Path):
             proc.wait(timeout=5)
 
 
-def _perf_analyzer(port: int, protocol: str = "http", concurrency: int = 2) -> float:
+def _perf_analyzer(port: int, protocol: str = "http", concurrency: int = 2) -> float | None:
     out = subprocess.run([PA, "-m", "mlp", "-u", f"127.0.0.1:{port}", "-i", protocol, "-b", str(BATCH),
                           "--concurrency-range", str(concurrency), "--measurement-interval", "4000",
-                          "--stability-percentage", "30", "--max-trials", "5"],
+                          "--stability-percentage", "50", "--max-trials", "8"],
                          capture_output=True, text=True, timeout=120)
+    if out.returncode != 0 and "stable measurement" in out.stdout + out.stderr:
+        return None  # the host was too noisy for perf_analyzer's own stability rule: a miss
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     m = re.search(r"Throughput: ([0-9.]+) infer/sec", out.stdout)
     assert m, out.stdout[-2000:]
@@ -119,15 +125,17 @@ def test_closed_loop_throughput_matches_perf_analyzer(gateway_ports, capsys, pro
     # perf_analyzer, earlier runs 5-7 % below): measure ours before and after perf_analyzer and
     # compare with the mean, so that a drift during the test cancels out.
     # A host hiccup during one measurement can still break a single comparison, so a miss is
-    # measured once more, whole, before the test fails; both attempts are printed.
-    for attempt in (1, 2):
+    # measured again, whole, up to three times before the test fails; every attempt is printed.
+    for attempt in (1, 2, 3):
         before = _ours(port, capsys, seconds=5.0, protocol=protocol)
         pa = _perf_analyzer(port, pa_protocol, CONCURRENCY[protocol])
         after = _ours(port, capsys, seconds=5.0, protocol=protocol)
         ours = (before + after) / 2
         with capsys.disabled():  # the next _ours() reads captured output: print past the capture
-            print(f"{protocol} attempt {attempt}: perf_analyzer {pa:.0f} req/s, gateway loadtest {ours:.0f} req/s (before "
-                  f"{before:.0f}, after {after:.0f}; concurrency {CONCURRENCY[protocol]}, batch {BATCH})")
-        if ours == pytest.approx(pa, rel=0.10):
+            print(f"{protocol} attempt {attempt}: perf_analyzer {pa if pa is None else round(pa)} req/s, gateway "
+                  f"loadtest {ours:.0f} req/s (before {before:.0f}, after {after:.0f}; concurrency "
+                  f"{CONCURRENCY[protocol]}, batch {BATCH})")
+        if pa is not None and ours == pytest.approx(pa, rel=0.10):
             break
+    assert pa is not None, "perf_analyzer found no stable measurement in three attempts"
     assert ours == pytest.approx(pa, rel=0.10)
