@@ -26,10 +26,12 @@ from gateway.types import DATATYPE_TO_NUMPY, InferRequest
 
 
 def split_input(data: bytes) -> tuple[bytes, int]:
-    """(body, header length or -1) from a target input."""
+    """(body, header length or -1) from a target input, as the HTTP reader gives it: it reads at
+    most 18 digits, so a longer length (or a negative one) arrives as -2, "not an integer"."""
     head, sep, rest = data.partition(b"\n")
     if sep and re.fullmatch(rb"-?[0-9]{1,19}", head):
-        return rest, int(head)
+        n = int(head)
+        return rest, n if -2 <= n < 10**18 else -2
     return data, -1
 
 
