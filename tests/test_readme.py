@@ -29,7 +29,8 @@ from test_cli import demo_process, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-FIRST_COMMAND = ("(dpkg -s libnghttp2-dev >/dev/null 2>&1 || sudo apt-get install -y libnghttp2-dev) && "
+FIRST_COMMAND = ("(dpkg -s libnghttp2-dev g++ >/dev/null 2>&1 || { $(command -v sudo) apt-get update -q && "
+                 "$(command -v sudo) apt-get install -y libnghttp2-dev g++; }) && "
                  "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && gateway serve --demo")
 TEST_COMMAND = "bash .ci/run"
 
