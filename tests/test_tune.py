@@ -48,7 +48,7 @@ def direct(reference: Path, candidate: Path, model_path: Path) -> tuple[float, f
 
 def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    budget = 40.0
+    budget = 60.0  # the search (a point is ~10 s) and one confirmation round of both variants
     t0 = time.monotonic()
     # its own process, as a user runs it: the load generator runs in tune's process, and pytest's
     # (threads left by earlier tests) would compete with it for the GIL
@@ -63,7 +63,10 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     doc = json.loads((out / "tune.json").read_text())
     by_name = {v["name"]: v for v in doc["variants"]}
     assert list(by_name) == ["fp32", "int8-dynamic"]
+    assert doc["devices"] == ["cpu"] and doc["schema"] == "gateway.tune/2"
     fp32, int8 = by_name["fp32"], by_name["int8-dynamic"]
+    for v in (fp32, int8):  # compute per row, in process, at one row and at a full batch
+        assert v["device"] == "cpu" and set(v["compute"]["us_per_row"]) == {"1", "64"}
     assert int8["precision"] == "int8" and 0 < int8["size_bytes"] < fp32["size_bytes"]
     worst, agreement = direct(Path(fp32["path"]), Path(int8["path"]), repo / "mlp" / "1" / "model.onnx")
     assert int8["accuracy"]["max_abs_diff"] == pytest.approx(worst, rel=1e-12, abs=1e-12)
@@ -74,6 +77,10 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     assert measured, doc["variants"]
     for v in measured:
         assert v["p99_ms"] <= 200 and v["config"] and v["cost_per_million"] > 0 and v["points"]
+        # confirmed in a round: the figure is the rounds' median, within their range
+        assert len(v["rounds"]) == 1 and v["search_throughput_rps"] > 0
+        lo, hi = v["throughput_range"]
+        assert lo == pytest.approx(v["throughput_rps"], abs=0.1) and (hi is None or hi >= lo)
     assert any(v["pareto"] for v in measured)
     assert (out / "report.html").read_text().count("<tr>") == 3
     # the recommended variant, as written: a new version beside the model's config
@@ -81,7 +88,7 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
     vdir = Path(doc["recommended_version"]["dir"])
     assert vdir.name == "2" and (vdir / "model.onnx").is_file()
     config = (vdir.parent / "config.toml").read_text()
-    for key in ("max_batch_size", "execution", "instances", "capacity_rps"):
+    for key in ("max_batch_size", "execution", "instances", "capacity_rps", "capacity_headroom", "device"):
         assert f"{key} =" in config
     served = tmp_path / "served"
     shutil.copytree(vdir.parent, served / "mlp")
@@ -96,13 +103,17 @@ def test_tune_measures_variants_within_budget_and_the_pick_serves(repo: Path, tm
 def test_a_tolerance_that_excludes_int8_says_why(repo: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc = main(["tune", "--model-repository", str(repo), "-m", "mlp", "--budget-s", "2", "--out", str(out),
-               "--variants", "fp32,int8-dynamic,int8-static", "--max-abs-diff", "1e-6", "-q"])
+               "--variants", "fp32,int8-dynamic,int8-static", "--max-abs-diff", "1e-6", "--devices", "cpu,cuda", "-q"])
     assert rc == 0
     doc = json.loads((out / "tune.json").read_text())
-    by_name = {v["name"]: v for v in doc["variants"]}
+    by_name = {v["name"]: v for v in doc["variants"] if v["device"] == "cpu"}
     for name in ("int8-dynamic", "int8-static"):
         assert "max abs diff" in by_name[name]["excluded"] and "--max-abs-diff" in by_name[name]["excluded"]
     assert "budget" in by_name["fp32"]["excluded"]  # 2 s: built and compared, not measured
+    if not doc["machine"]["cuda"]:  # asked for, not here: each variant's CUDA row says why, none is dropped
+        cuda_rows = [v for v in doc["variants"] if v["device"] == "cuda"]
+        assert [v["name"] for v in cuda_rows] == ["fp32", "int8-dynamic", "int8-static"]
+        assert "no CUDA execution provider" in cuda_rows[0]["excluded"]
     assert doc["recommended"] is None and "recommended_version" not in doc
 
 

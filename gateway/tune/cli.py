@@ -12,7 +12,11 @@ The run, within ``--budget-s`` from start to report:
    climbing over threads, instances, batch size, queue delay, execution), each point measured
    by starting a gateway for it and finding the knee with the load tester's open-loop sweep
    (``tune.measure``); the budget left is shared equally among these variants;
-4. ``OUT/tune.json``, ``OUT/report.html`` and a table on the console, and the recommended variant
+4. the picks measured again in interleaved rounds (``tune.rounds``, ``--rounds``), each one's
+   figure the median of its rounds; ranges that overlap are a tie, which goes to the more accurate;
+5. per device (``--devices``: the CPU, and CUDA where onnxruntime has it) a pick, and across
+   devices the cheaper one at ``--load-rps`` (``tune.sizing``), said in one sentence;
+6. ``OUT/tune.json``, ``OUT/report.html`` and a table on the console, and the recommended variant
    as ``OUT/<model>/<next version>/model.onnx`` with ``OUT/<model>/config.toml`` (the model's
    config with the tuned serving keys), ready to copy into the repository as a new version.
 """
@@ -47,6 +51,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--variants", default="", help="only these, comma-separated (fp32,fp32-opt,int8-dynamic,"
                                                   "int8-static,fp16)")
     p.add_argument("--step-s", type=float, default=2.0, help="seconds per load step while finding a knee")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="confirmation rounds: the picks measured again, interleaved, median kept (default 3; "
+                        "fewer when the budget is short, at most half of it)")
+    p.add_argument("--load-procs", type=int, default=1,
+                   help="load generator processes per measurement (default 1; they share the machine with the server)")
+    p.add_argument("--devices", default="auto",
+                   help="cpu, cuda or cpu,cuda (default auto: the CPU, and CUDA where onnxruntime has it)")
+    p.add_argument("--load-rps", type=float, default=None,
+                   help="the load to size for: replicas and price per hour per device (default: compare the "
+                        "price per million requests at full capacity)")
+    p.add_argument("--headroom", type=float, default=0.7,
+                   help="share of its capacity a replica runs at when sizing for --load-rps (as capacity_headroom)")
     p.add_argument("--rows", type=int, default=512, help="rows of the sample used for accuracy and calibration")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 

@@ -6,11 +6,12 @@ the same front, batcher and backend, in a process of its own. The knee is found 
 tester's own search (``loadtest.sweep.find_knee``: ramp geometrically, then bisect) over open-loop
 runs built from the same parts ``gateway loadtest sweep`` uses.
 
-Caveat: the load generator is one process (procs=1) on the same machine, so it shares the cores
-with the server; a knee near what one generator loop can send (a few thousand requests/s) says
-"at least this much". The comparison between configurations stays fair: every one is measured
-the same way. The generator runs in the calling process: call it from a process of its own
-(``gateway tune`` is one), not from one whose other threads keep the GIL busy.
+Caveat: the load generator runs on the same machine (``procs`` processes, one by default), so it
+shares the cores with the server. Where it, not the server, falls behind, the failing step's sends
+are late (``LATE_LIMIT``): the point is then marked ``generator_bound``, its knee is "at least
+this much", and two such points are not told apart (``tune.rounds.overlaps``). The generator runs
+in the calling process: call it from a process of its own (``gateway tune`` is one), not from one
+whose other threads keep the GIL busy.
 
 Budget: a step is started only when it (plus its cooldown and drain) fits before the deadline;
 past it the search stops and the best passing rate so far is the answer. Failures (server does
@@ -72,6 +73,14 @@ class Point:
     """The offered rate at the knee (``throughput_rps`` is what was answered of it)."""
     bounded: bool = False
     """True when the budget ran out before a step failed: ``throughput_rps`` is a lower bound."""
+    generator_bound: bool = False
+    """True when the step that failed had more than ``LATE_LIMIT`` of its sends late: the load
+    generator, not the server, fell behind, so ``throughput_rps`` is a lower bound too (what this
+    generator could drive), and two such points are not told apart."""
+
+    @property
+    def lower_bound(self) -> bool:
+        return self.bounded or self.generator_bound
 
 
 class _OutOfBudget(Exception):
@@ -98,6 +107,15 @@ def config_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LATE_LIMIT = 0.05
+"""A failing step with more than this share of late sends failed on the generator (as the sweep warns)."""
+DOWN_TRIES = 2
+"""When the first step fails, start again this many times, each at ``DOWN_FACTOR`` of the last."""
+DOWN_FACTOR = 0.5
+HINT_START = 0.8
+"""With ``hint_rps``, the ramp's first rate as a share of the hint."""
+HINT_FACTOR = 1.1
+"""With ``hint_rps``, the ramp's factor (without: 1.25 from half the probe's rate)."""
 PROBE_CONCURRENCY = 32
 """Requests in flight during the closed-loop capacity probe that starts each point."""
 
@@ -149,10 +167,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _spec(target: Target, rate: float, step_s: float, timeout: float) -> RunSpec:
-    # Connections as `gateway loadtest` sizes them for one process (loadtest/cli.py _spec).
-    conns = max(2, min(256, math.ceil(rate * 0.002) + 2))
-    return RunSpec(target=target, mode="open", profile=schedule.constant(rate, step_s), procs=1, timeout=timeout,
+def _spec(target: Target, rate: float, step_s: float, timeout: float, procs: int = 1) -> RunSpec:
+    # Connections as `gateway loadtest` sizes them per process (loadtest/cli.py _spec).
+    conns = max(2, min(256, math.ceil(rate / procs * 0.002) + 2))
+    return RunSpec(target=target, mode="open", profile=schedule.constant(rate, step_s), procs=procs, timeout=timeout,
                    late_ms=5.0, connections=conns, max_connections=1000, grpc_channels=2, interval=1.0,
                    warmup=0.0, seed=0)
 
@@ -160,11 +178,14 @@ def _spec(target: Target, rate: float, step_s: float, timeout: float) -> RunSpec
 def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, slo_p99_ms: float,
                   budget_s: float, step_s: float = 2.0, start_rps: float = 500.0, protocol: str = "http-binary",
                   max_rps: float = 100_000.0, cooldown_s: float = 0.5, batch: int = 1, retries: int = 1,
+                  hint_rps: float | None = None, hint_is_lower_bound: bool = False, procs: int = 1,
                   on_step: Callable[[Step], None] | None = None) -> Point:
     """Serve ``model_path`` with ``config`` and find its knee within ``budget_s`` (wall time, server
     start and stop included). ``retries``: a failing step is measured again up to this often (a
-    shared host stalls now and then; the CLI's ``--retries``). ``on_step(Step)`` is told each load
-    step (progress display)."""
+    shared host stalls now and then; the CLI's ``--retries``). ``hint_rps``: where an earlier
+    measurement put the knee; the ramp then starts just below it and climbs in small steps, so a
+    short budget still reaches a failing rate (in the usual steps when the hint was a lower bound). ``procs``: load generator processes (the load tester's ``--procs``).
+    ``on_step(Step)`` is told each load step."""
     t0 = time.monotonic()
     deadline = t0 + budget_s
     cfg = dict(config)
@@ -197,7 +218,8 @@ def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, 
             return point(error=why)
         return _knee(proc, log, parse_target(f"127.0.0.1:{port}", protocol, model_name), point, deadline,
                      slo_p99_ms=slo_p99_ms, step_s=step_s, start_rps=start_rps, max_rps=max_rps,
-                     cooldown_s=cooldown_s, batch=batch, retries=retries, on_step=on_step)
+                     cooldown_s=cooldown_s, batch=batch, retries=retries, hint_rps=hint_rps,
+                     hint_is_lower_bound=hint_is_lower_bound, procs=procs, on_step=on_step)
     except Exception as exc:  # a Point, never an exception: the search goes on with the next config
         return point(error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -208,7 +230,8 @@ def measure_point(model_path: Path, model_name: str, config: dict[str, Any], *, 
 
 def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Callable[..., Point], deadline: float, *,
           slo_p99_ms: float, step_s: float, start_rps: float, max_rps: float, cooldown_s: float, batch: int,
-          retries: int, on_step: Callable[[Step], None] | None) -> Point:
+          retries: int, hint_rps: float | None, hint_is_lower_bound: bool, procs: int,
+          on_step: Callable[[Step], None] | None) -> Point:
     info = fetch_model_info(target)
     rng = np.random.default_rng(0)
     samples = [random_inputs(info, batch, {}, rng) for _ in range(8)]
@@ -226,10 +249,17 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
     warm = min(1.0, max(0.5, step_s / 2))
     if time.monotonic() + warm + 1.0 <= deadline:
         probe = run_load(RunSpec(target=target, mode="closed", concurrency=PROBE_CONCURRENCY, duration=warm,
-                                 procs=1, timeout=timeout, interval=1.0), reqs)
+                                 procs=procs, timeout=timeout, interval=1.0), reqs)
         got = float(probe.get("achieved_rps") or 0.0)
         if got > 0:
             start_rps = 0.5 * got
+    factor = 1.25
+    if hint_rps is not None and hint_rps > 0:
+        # a confirmation: start a little below the known knee and climb by 10 %, so that the steps
+        # are spent where the knee is and a failing rate is reached (the knee is then not a lower
+        # bound); from a lower bound, climb as usual
+        start_rps = HINT_START * hint_rps
+        factor = factor if hint_is_lower_bound else HINT_FACTOR
 
     def measure(rate: float) -> dict[str, Any]:
         pause = 0.0 if first[0] else cooldown_s
@@ -239,36 +269,52 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
             raise _ServerDied
         time.sleep(pause)
         first[0] = False
-        summary = run_load(_spec(target, rate, step_s, timeout), reqs)
+        summary = run_load(_spec(target, rate, step_s, timeout, procs), reqs)
         if proc.poll() is not None:
             raise _ServerDied
         return summary
 
+    steps: list[Step] = []
+
     def seen(step: Step) -> None:
+        steps.append(step)
         if step.passed and (not passed or step.rate > passed[0].rate):
             passed[:] = [step]
         if on_step is not None:
             on_step(step)
 
+    def found(best: Step) -> Point:
+        """The point at ``best``: a lower bound when no rate above it failed (the budget ended the
+        ramp first), generator-bound when a rate above it failed on late sends."""
+        s = best.summary
+        p = point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
+        above = [st for st in steps if not st.passed and st.rate > best.rate]
+        p.bounded = not above
+        p.generator_bound = any(float(st.summary.get("late_fraction") or 0.0) > LATE_LIMIT for st in above)
+        return p
+
     try:
-        res = find_knee(measure, slo, start_rps=start_rps, max_rps=max(max_rps, start_rps), factor=1.25,
-                        refine=2, retries=retries, on_step=seen)
+        # the start is an estimate (half the probe, or a share of an earlier knee, itself the best of
+        # noisy points): when its first step fails, start again lower rather than give up
+        rate = start_rps
+        for _ in range(1 + DOWN_TRIES):
+            res = find_knee(measure, slo, start_rps=rate, max_rps=max(max_rps, rate), factor=factor,
+                            refine=2, retries=retries, on_step=seen)
+            if res.knee_rps > 0:
+                break
+            rate *= DOWN_FACTOR
         best = next((s for s in res.steps if s.passed and s.rate == res.knee_rps), None)
         if best is None:
-            why = res.steps[0].reasons if res.steps else []
-            return point(error=f"no rate met the SLO (first step {start_rps:g} req/s: {'; '.join(why)})")
+            why = steps[0].reasons if steps else []
+            return point(error=f"no rate met the SLO (down to {rate / DOWN_FACTOR:g} req/s; first step "
+                               f"{start_rps:g} req/s: {'; '.join(why)})")
     except _ServerDied:
         return point(error=f"server exited with code {proc.returncode} during the load:\n{_tail(log)}")
     except _OutOfBudget:
         if not passed:
             return point(error="out of budget before any rate met the SLO")
-        best = passed[0]
-        s = best.summary
-        p = point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
-        p.bounded = True  # no step failed before the budget ran out: the knee is at least this
-        return p
-    s = best.summary
-    return point(float(s["achieved_rps"]), float(s["latency_ms"]["p99"]), None, best.rate)
+        return found(passed[0])
+    return found(best)  # a ramp that reached max_rps without failing is a lower bound as well
 
 
 def measurer(model_path: Path, model_name: str, **options: Any) -> Callable[[dict[str, Any], float], Point]:
