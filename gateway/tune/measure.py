@@ -107,6 +107,9 @@ def config_toml(config: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DISTINCT_REQUESTS = 1024
+"""Distinct request bodies the generator cycles through: at the rates measured here one body comes
+round again only after its earlier copy was answered, so coalescing does not share the work."""
 LATE_LIMIT = 0.05
 """A failing step with more than this share of late sends failed on the generator (as the sweep warns)."""
 DOWN_TRIES = 2
@@ -234,7 +237,9 @@ def _knee(proc: subprocess.Popen[bytes], log: Path, target: Target, point: Calla
           on_step: Callable[[Step], None] | None) -> Point:
     info = fetch_model_info(target)
     rng = np.random.default_rng(0)
-    samples = [random_inputs(info, batch, {}, rng) for _ in range(8)]
+    # distinct bodies: with a few, identical requests in flight share one computation (the coalesce
+    # stage), and a compute-bound model would measure faster than it serves distinct traffic
+    samples = [random_inputs(info, batch, {}, rng) for _ in range(DISTINCT_REQUESTS)]
     reqs = build_request_set(target, info, samples, Variation(), seed=0)
     slo = Slo(slo_p99_ms)
     # A request slower than the bound already fails the step; waiting 10 s for it only burns budget.
