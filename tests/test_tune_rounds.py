@@ -178,6 +178,8 @@ def test_a_faster_variant_wins_only_when_its_rounds_do_not_overlap() -> None:
     unsure = row("fp32", 10_000, (9_000, math.inf), 0.0)  # fp32's own knee may lie higher
     assert recommend([unsure, bound]) is unsure
     assert recommend([fp32, row("x", 50_000, None, 0.1, excluded="too far")]) is fp32
+    two_cores = row("fp32", 10_000, (9_000, 11_000), 0.0, cores=2)
+    assert recommend([two_cores, close]) is close  # a tie goes to fewer cores before accuracy
 
 
 # ---- right-sizing across devices ----------------------------------------------------------------

@@ -326,7 +326,7 @@ def _advice(rows: list[Row], chosen: Row | None, sizing: str, cuda: bool, real: 
     fastest = max(ok, key=lambda r: r.throughput_rps) if ok else chosen
     ties = [r.label for r in tied_with(ok, fastest) if r is not chosen]
     tie = (f" {', '.join(ties)} {'is' if len(ties) == 1 else 'are'} within its range over the rounds: not told apart "
-           f"by this run, so the more accurate is recommended." if ties and chosen.spread is not None else "")
+           f"by this run: the tie goes to fewer cores, then to the more accurate." if ties and chosen.spread is not None else "")
     gen = [r.label for r in same if r.generator_bound and r.throughput_rps > 0]
     limited = (f" The load generator fell behind before the server for {', '.join(gen)}: "
                f"{'that figure is' if len(gen) == 1 else 'those figures are'} what it could drive (a lower bound); "

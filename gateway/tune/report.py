@@ -108,14 +108,15 @@ def tied_with(rows: Sequence[Row], best: Row) -> list[Row]:
 
 def recommend(rows: Sequence[Row]) -> Row | None:
     """The highest throughput within tolerance. Rows whose rounds' ranges overlap the highest's are
-    a tie (the run did not show one faster), and a tie goes to the more accurate, then the smaller:
-    accuracy is not traded for a speed-up the measurement cannot show."""
+    a tie (the run did not show one faster), and a tie goes to the one that needs fewer cores (the
+    search's own rule: a replica's price), then to the more accurate (accuracy is not traded for a
+    speed-up the measurement cannot show), then to the smaller."""
     ok = [r for r in rows if r.excluded is None and r.throughput_rps > 0]
     if not ok:
         return None
     best = max(ok, key=lambda r: (r.throughput_rps, -(r.accuracy or {}).get("max_abs_diff", 0.0), -r.size_bytes))
     return min(tied_with(ok, best),
-               key=lambda r: ((r.accuracy or {}).get("max_abs_diff", 0.0), r.size_bytes, -r.throughput_rps))
+               key=lambda r: (r.cores, (r.accuracy or {}).get("max_abs_diff", 0.0), r.size_bytes, -r.throughput_rps))
 
 
 def _fmt_acc(r: Row) -> tuple[str, str, str]:

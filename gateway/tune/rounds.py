@@ -10,7 +10,7 @@ just below the knee the search found (``measure_point(hint_rps=...)``), so it re
 and is a knee rather than a lower bound.
 
 Two candidates whose ranges overlap are not told apart by the run (``overlaps``); the
-recommendation then prefers the more accurate one (``report.recommend``).
+recommendation then prefers the one with fewer cores, then the more accurate (``report.recommend``).
 
 Budget: ``plan`` says how many rounds fit in a share of what is left; a round that the deadline
 would cut is not started, so every candidate has the same number of rounds.
