@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,15 +158,18 @@ class OnnxBackend:
         loop = self._loop
         assert loop is not None
 
-        def finished(f: object) -> None:
+        # ``finished`` takes the future as its argument rather than from this closure: a future keeps
+        # its callbacks after running them, and a callback that refers back to it would make a
+        # cycle per batch (future -> callback -> future) holding the batch's requests for the collector
+        def finished(f: Future[Outputs]) -> None:
             self._idle.append(sess)
-            exc = fut.exception()
+            exc = f.exception()
             if exc is not None:
                 done(None, _translate(exc, self.model))
             else:
-                done(fut.result(), None)
+                done(f.result(), None)
 
-        fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(finished, _f))
+        fut.add_done_callback(lambda f: loop.call_soon_threadsafe(finished, f))
         return None  # a session run cannot be interrupted
 
 
