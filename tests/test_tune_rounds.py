@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from gateway.demo import mlp_model
+from gateway.loadtest.sweep import replicas_needed
 from gateway.tune import measure as measure_mod
 from gateway.tune.compute import compute_per_row
 from gateway.tune.main import devices_of
@@ -20,7 +21,7 @@ from gateway.tune.measure import HINT_FACTOR, HINT_START, Point
 from gateway.tune.report import Row, recommend
 from gateway.tune.rounds import Candidate, overlaps, plan, run_rounds
 from gateway.tune.sample import load_sample
-from gateway.tune.sizing import replicas_for, right_size
+from gateway.tune.sizing import right_size
 
 # ---- the knee over a synthetic server -------------------------------------------------------------
 
@@ -186,10 +187,10 @@ def test_a_faster_variant_wins_only_when_its_rounds_do_not_overlap() -> None:
 
 
 def test_replicas_for_a_load() -> None:
-    assert replicas_for(1_000, 1_000, 0.7) == 2 and replicas_for(700, 1_000, 0.7) == 1
-    assert replicas_for(10, 1_000, 1.0) == 1
+    assert replicas_needed(1_000, 1_000, 0.7) == 2 and replicas_needed(700, 1_000, 0.7) == 1
+    assert replicas_needed(10, 1_000, 1.0) == 1
     with pytest.raises(ValueError):
-        replicas_for(10, 0, 0.7)
+        replicas_needed(10, 0, 0.7)
 
 
 def test_right_size_picks_the_cheaper_fleet_at_the_load() -> None:

@@ -37,7 +37,7 @@ class Accuracy:
 def compare(reference: Path, candidate: Path, sample: Sample, batch_size: int = 64) -> Accuracy:
     """Run both models over ``sample.batches(batch_size)`` (a model with a fixed first dimension: its
     own batch size, whole batches only) and compare every output, as float64."""
-    ref, cand = _session(reference), _session(candidate)
+    ref, cand = cpu_session(reference), cpu_session(candidate)
     names = [o.name for o in ref.get_outputs()]
     cand_names = {o.name for o in cand.get_outputs()}
     if set(names) != cand_names:
@@ -95,7 +95,9 @@ def _compare_output(a: np.ndarray, b: np.ndarray, rows: int, name: str) -> dict[
     return out
 
 
-def _session(path: Path) -> Any:
+def cpu_session(path: Path) -> Any:
+    """One intra-op and one inter-op thread on the CPU provider: figures that depend on the model,
+    not on the machine's thread count (the accuracy comparison, ``tune.compute``)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gateway.tune.accuracy import cpu_session
 from gateway.tune.sample import Sample, fixed_batch
 
 __all__ = ["compute_per_row", "BATCHES"]
@@ -23,15 +24,6 @@ __all__ = ["compute_per_row", "BATCHES"]
 BATCHES = (1, 64)
 """Rows per run: one request alone, and a full batch (the demo's max_batch_size)."""
 WARMUP_RUNS = 3
-
-
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _time_runs(sess: Any, feeds: dict[str, Any], runs: int) -> float:
@@ -49,7 +41,7 @@ def compute_per_row(models: Mapping[str, Path], sample: Sample, *, rounds: int =
     names = list(models)
     if not names:
         return {}
-    sessions = {n: _session(models[n]) for n in names}
+    sessions = {n: cpu_session(models[n]) for n in names}
     fixed = fixed_batch(models[names[0]])
     sizes = [fixed] if fixed else [b for b in batches if b <= sample.rows] or [sample.rows]
     feeds = {b: next(sample.batches(b)) for b in sizes}

@@ -231,7 +231,8 @@ def _cfg(config: dict[str, Any]) -> str:
 def _result(p: Point) -> str:
     if p.error:
         return p.error
-    return f"{'>=' if p.bounded else ''}{p.throughput_rps:,.0f} req/s at p99 {p.p99_ms:.2f} ms"
+    return (f"{'>=' if p.lower_bound else ''}{p.throughput_rps:,.0f} req/s at p99 {p.p99_ms:.2f} ms"
+            + (" (the generator fell behind)" if p.generator_bound else ""))
 
 
 def tune(args: argparse.Namespace) -> int:

@@ -15,9 +15,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.loadtest.sweep import replicas_needed
 from gateway.tune.report import Row, recommend
 
-__all__ = ["Sizing", "hourly_price", "replicas_for", "right_size"]
+__all__ = ["Sizing", "hourly_price", "right_size"]
 
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA"}
 
@@ -25,13 +26,6 @@ DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA"}
 def hourly_price(row: Row, core_hour_price: float, gpu_hour_price: float) -> float:
     """What one replica of ``row`` costs per hour."""
     return gpu_hour_price if row.device == "cuda" else max(1, row.cores) * core_hour_price
-
-
-def replicas_for(load_rps: float, capacity_rps: float, headroom: float) -> int:
-    """Replicas that carry ``load_rps`` with each at ``headroom`` of its measured capacity."""
-    if capacity_rps <= 0:
-        raise ValueError("capacity must be positive")
-    return max(1, math.ceil(load_rps / (capacity_rps * headroom)))
 
 
 @dataclass
@@ -50,6 +44,7 @@ def right_size(rows: Sequence[Row], *, devices: Sequence[str], load_rps: float |
         return Sizing(None, "No variant met the SLO within the accuracy tolerance: relax the SLO or the tolerance.",
                       {})
     per: dict[str, dict[str, object]] = {}
+    price: dict[str, float] = {}  # what decides: the fleet's price per hour, or the price per million
     parts = []
     for d, row in picks.items():
         hour = hourly_price(row, core_hour_price, gpu_hour_price)
@@ -57,22 +52,19 @@ def right_size(rows: Sequence[Row], *, devices: Sequence[str], load_rps: float |
         info: dict[str, object] = {"variant": row.name, "capacity_rps": round(row.throughput_rps, 1),
                                    "replica_hour_price": hour}
         if load_rps:
-            n = replicas_for(load_rps, row.throughput_rps, headroom)
+            n = replicas_needed(load_rps, row.throughput_rps, headroom)
             info |= {"replicas": n, "fleet_hour_price": round(n * hour, 6)}
+            price[d] = n * hour
             parts.append(f"{DEVICE_NAMES.get(d, d)} needs {n} replica{'s' if n > 1 else ''} of {row.name} "
                          f"({unit} each, {n * hour:.2f}/h)")
         else:
             info["cost_per_million"] = row.cost_per_million
+            price[d] = math.inf if row.cost_per_million is None else row.cost_per_million
             parts.append(f"{DEVICE_NAMES.get(d, d)}: {row.name} at {row.throughput_rps:,.0f} req/s on {unit}, "
                          f"{row.cost_per_million or 0:.4f} per million requests")
         per[d] = info
 
-    def price(d: str) -> tuple[float, int]:
-        key = "fleet_hour_price" if load_rps else "cost_per_million"
-        value = per[d].get(key)
-        return (float(value) if isinstance(value, int | float) else math.inf, 0 if d == "cpu" else 1)
-
-    best = min(picks, key=price)
+    best = min(picks, key=lambda d: (price[d], d != "cpu"))
     head = f"At {load_rps:,.0f} req/s: " if load_rps else "At full capacity: "
     tail = f": use {DEVICE_NAMES.get(best, best)}." if len(picks) > 1 else "."
     note = ""
