@@ -9,12 +9,8 @@ tick, the error, the metrics' reading) stays in ``Door``, which subclasses this.
 
 cdef class DoorState:
     """The door's readings (see ``pipeline.door``): ``shut`` refuses every request until the next
-    tick; ``_overdue`` is the clock reading past which a loop pass has outlived the target."""
-
-    cdef public double target_s, tick_s, lag_s, max_lag_s, _overdue
-    cdef public object clock
-    cdef public bint shut
-    cdef public long long refused, asked
+    tick; ``_overdue`` is the clock reading past which a loop pass has outlived the target.
+    (Its fields are declared in ``door.pxd``.)"""
 
     cpdef bint refuse(self) except -1:
         """True: refuse this infer request now (and it is counted). One clock read per request."""

@@ -39,6 +39,9 @@ from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp
 
+from gateway._native.door cimport DoorState
+from gateway._native.lane cimport InflightCap, Lane
+
 import logging
 
 from gateway._native.inferjson import decode_fast
@@ -576,7 +579,9 @@ cdef class Connection:
     methods at the point where it stops (``_shed``, ``_infer_rest``, ``_infer_failed``), so that
     every request is answered as ``on_request`` would answer it."""
 
-    cdef public object transport, front, _dataplane, _router, _door, _inflight
+    cdef public object transport, front, _dataplane, _router
+    cdef public DoorState _door
+    cdef public InflightCap _inflight
     cdef public RequestReader parser
     cdef public dict _parked, _tickets, _routes
     cdef public Py_ssize_t _seq, _next_write, _max_pipelined
@@ -602,18 +607,20 @@ cdef class Connection:
         False when ``on_request`` must take it (nothing was changed)."""
         cdef PyObject* found
         cdef Py_ssize_t seq
+        cdef Lane lane
         if self._closing:
             return True  # on_request would drop it too
         found = PyDict_GetItem(self._routes, url)
         if found == NULL or not self.lane_ok:
             return False
         route = <object>found
-        r = self._router.table.get(route[0])
-        if r is None:
+        found = PyDict_GetItem(<dict?>self._router.table, (<tuple?>route)[0])
+        if found == NULL:
             return False
-        lane = r.lanes.get(route[1])
-        if lane is None:
+        found = PyDict_GetItem(<dict?>(<object>found).lanes, route[1])
+        if found == NULL:
             return False
+        lane = <Lane?><object>found
         seq = self._seq
         self._seq = seq + 1
         self._continue_due = False

@@ -86,9 +86,8 @@ cdef object _NO_TICKET = NO_TICKET
 cdef class InflightCap:
     """Server-wide bound on infer requests admitted and not yet answered (``max_inflight_requests``)
     and on their tensor bytes (``max_inflight_bytes``; a request alone is always let in, or one
-    larger than the bound could never be served). 0: no bound. Mutated on the loop thread only."""
-
-    cdef public long long max_requests, max_bytes, requests, bytes
+    larger than the bound could never be served). 0: no bound. Mutated on the loop thread only.
+    (Its fields are declared in ``lane.pxd``.)"""
 
     def __init__(self, long long max_requests=0, long long max_bytes=0):
         self.max_requests = max_requests or (1 << 62)
@@ -111,7 +110,7 @@ cdef class InflightCap:
         self.bytes += size
         return Held(self, done, size)
 
-    cdef inline bint fits(self, long long size) noexcept:
+    cdef bint fits(self, long long size) noexcept:
         return self.requests < self.max_requests and not (self.bytes + size > self.max_bytes and self.requests)
 
 
@@ -154,29 +153,7 @@ cdef class Held:
 
 cdef class LaneTicket:
     """One request on the lane: a flight's leader (queued, computed) or a follower waiting on a
-    flight (see the module's docstring for the roles)."""
-
-    # Pending's interface, read and written by BatchQueue and Batcher (a leader's)
-    cdef public object request, inputs, group, bucket, queue
-    cdef public Py_ssize_t rows, index, level, cum
-    cdef public double arrival, deadline, rank
-    cdef public bint cancelled
-    # _Flight's interface, read and written by the Coalescer for followers that join it (a leader's)
-    cdef public object owner, key, followers
-    cdef public Py_ssize_t live
-    cdef public bint lead_gone, finished
-    # _Waiter's interface (a follower's): the flight it waits on (Coalescer.retry moves it), gone
-    cdef public object flight
-    cdef public bint gone
-    # the claim and the answer
-    cdef bint follower
-    cdef InflightCap cap
-    cdef long long size
-    cdef Lane lane
-    cdef object rawkey  # a leader's ``raw_key``, while it takes followers (``Lane.join_raw``)
-    cdef object proto, binary
-    cdef Py_ssize_t seq
-    cdef bint keep_alive
+    flight (see the module's docstring for the roles). Its fields are declared in ``lane.pxd``."""
 
     @property
     def done(self):
@@ -213,7 +190,7 @@ cdef class LaneTicket:
             self.followers = None
             self._withdraw()
 
-    cdef inline void _forget(self) except *:
+    cdef void _forget(self) except *:
         """The flight takes no more followers (answered, or nobody wants it)."""
         cdef dict flights = self.owner.flights
         cdef PyObject* cur = PyDict_GetItem(flights, self.key)
@@ -250,7 +227,7 @@ cdef class LaneTicket:
         self.followers = None
 
     # ---- the queued unit ------------------------------------------------------------------------
-    cdef inline void _withdraw(self) except *:
+    cdef void _withdraw(self) except *:
         if not self.cancelled:
             self.cancelled = True
             q = self.queue
@@ -258,14 +235,14 @@ cdef class LaneTicket:
                 q.withdraw(self, True)
 
     # ---- the answer -----------------------------------------------------------------------------
-    cdef inline void _release(self) noexcept:
+    cdef void _release(self) noexcept:
         cdef InflightCap cap = self.cap
         if cap is not None:
             self.cap = None
             cap.requests -= 1
             cap.bytes -= self.size
 
-    cdef inline void _unticket(self) except *:
+    cdef void _unticket(self) except *:
         cdef dict tickets = self.proto._tickets
         if PyDict_GetItem(tickets, self.seq) != NULL:
             PyDict_DelItem(tickets, self.seq)
@@ -323,7 +300,7 @@ cdef class LaneTicket:
             stats.coalesced_count += ok - 1
             stats.shared_flights += 1
 
-    cdef inline bint same_bytes(self, LaneTicket other) except -1:
+    cdef bint same_bytes(self, LaneTicket other) except -1:
         """Its answer is ``other``'s, byte for byte: the same id, binary outputs and keep-alive."""
         return (self.binary is other.binary and self.keep_alive == other.keep_alive
                 and (self.request is other.request or self.request.id == other.request.id))
@@ -404,19 +381,8 @@ cdef object _late_waiting(name):
 cdef class Lane:
     """One model version's lane: what its Coalescer (or None), Admit and Batcher would do for a
     request that needs none of their uncommon branches. Built by ``ModelVersion`` for versions
-    whose configuration allows it; the stages it reads stay the authority."""
-
-    cdef object coalescer, admit, batcher, queue, stats, clock, checks, output_set, backend, key_of
-    cdef object name, version
-    cdef dict flights
-    cdef readonly dict raw
-    """``raw_key`` of a body -> the in-flight leader that was decoded from those bytes: a request
-    with the same bytes for the same version is the same request, so it joins without being
-    decoded (``join_raw``)."""
-    cdef bint coalescing, batching
-    cdef Py_ssize_t max_waiters, max_queue_rows, mbs
-    cdef long long timeout_us
-    cdef double max_wait_s
+    whose configuration allows it; the stages it reads stay the authority. Its fields are declared
+    in ``lane.pxd``, so that the HTTP front calls it in C."""
 
     def __init__(self, admit, coalescer, key_of):
         """``admit``: the version's Admit stage; ``coalescer``: its Coalescer (None when it opted
@@ -444,19 +410,23 @@ cdef class Lane:
         self.flights = coalescer.flights if coalescer is not None else None
         self.max_waiters = coalescer.max_waiters if coalescer is not None else 0
         self.raw = {}
+        self.buckets = self.queue.buckets
+        self.plain_levels = not self.queue.level_limits
         if not self.checks:
             raise ValueError("a lane needs the signature's native checks")
 
-    def raw_key(self, bytes body not None, Py_ssize_t header_length):
+    cpdef object raw_key(self, bytes body, Py_ssize_t header_length):
         """The key of a body's bytes for ``join_raw`` and ``submit``: their xxh3-128 and the binary
         header's length, as the flight key hashes tensors. None (no joining before decode) when
         this version does not coalesce, or for a body above RAW_KEY_MAX_BYTES: the flight key
         hashes its tensors anyway, and for a large body that is most of its bytes."""
+        if body is None:
+            raise TypeError("raw_key needs the body's bytes")
         if not self.coalescing or PyBytes_GET_SIZE(body) > _raw_key_max:
             return None
         return (header_length, xxh3_128_intdigest(body))
 
-    def join_raw(self, key, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
+    cpdef object join_raw(self, key, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap):
         """Before decoding: the ticket of a follower of the in-flight leader decoded from the same
         bytes (``key``: ``raw_key``), if there is one with room; None otherwise (nothing was
         changed: decode, then ``submit``)."""
@@ -486,7 +456,7 @@ cdef class Lane:
         _n_lane += 1
         return t
 
-    def submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, raw_key=None):
+    cpdef object submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, raw_key=None):
         """Queue ``req`` (decoded by the HTTP front from a body whose ``raw_key`` it gives, answered
         on ``proto`` as request ``seq``) and return its ticket; None: not for the lane, and nothing
         was changed."""
@@ -577,17 +547,37 @@ cdef class Lane:
         t.owner = self.coalescer
         t.key = key
         t.live = 1
-        q = self.queue
-        q.add(t)
+        self._enqueue(t)
         batcher = self.batcher
-        self.stats.queue_rows = q.rows
         if batcher._soon is None and batcher.in_flight < self.backend.capacity:
             batcher._soon = batcher.loop.call_soon(batcher._flush)
         if self.coalescing:
             PyDict_SetItem(self.flights, key, t)
         return t
 
-
+    cdef void _enqueue(self, LaneTicket t) except *:
+        """``BatchQueue.add(t)`` in C when its bucket and first level's lane exist (a request that
+        joins a queue already holding requests of its shape: all but the first of a batch), else
+        the method itself; then the statistics' queue depth."""
+        cdef PyObject* found
+        cdef object q = self.queue
+        t.queue = q
+        found = PyDict_GetItem(self.buckets, ()) if self.plain_levels else NULL
+        if found != NULL:
+            b = <object>found
+            found = PyDict_GetItem(b.lanes, 1)
+        if found == NULL:
+            q.add(t)
+        else:
+            lane = <object>found  # never empty: BatchQueue deletes an emptied lane
+            last = lane[len(lane) - 1]
+            t.cum = ((<LaneTicket>last).cum if type(last) is LaneTicket else <Py_ssize_t>last.cum) + t.rows
+            lane.append(t)
+            b.rows += t.rows
+            q.rows += t.rows
+            if t.deadline != INF:
+                q.deadlines += 1
+        self.stats.queue_rows = q.rows
 
 
 def deliver(list items, dict outputs, dict views, make):

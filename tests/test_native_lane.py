@@ -366,6 +366,41 @@ def test_identical_bodies_join_the_leader_without_being_decoded(gw: ServerThread
     assert not mv.target.flights and not mv.lane.raw
 
 
+def test_requests_queued_by_the_lane_leave_the_queue_as_its_add_would(gw: ServerThread) -> None:
+    """The lane appends to a queue that holds requests of its shape in C (all but a batch's first):
+    the rows, the running row counts and the deadline count must be ``BatchQueue.add``'s."""
+    from gateway.pipeline.batch_queue import BatchQueue
+
+    mv = gw.app.registry.get("slow", "1")
+    lane0 = counts()[0]
+    socks = open_all(gw, [json_body(rows(1 + i % 3, 20 + i)) for i in range(6)])
+    wait_queued(gw, "slow", 12)
+    seen: dict[str, Any] = {}
+
+    async def look() -> None:
+        q = mv.batcher.queue
+        items = list(q.items())
+        ref = BatchQueue(q.max_batch_size, q.delay, max_queue_rows=q.max_queue_rows)
+        for p in items:
+            cum, queue = p.cum, p.queue
+            ref.add(p)  # (add writes cum and queue: compare with what the lane wrote, then restore)
+            seen.setdefault("cum", []).append((cum, p.cum))
+            p.cum, p.queue = cum, queue
+        seen["rows"] = (q.rows, ref.rows, [b.rows for b in q.buckets.values()])
+        seen["deadlines"] = (q.deadlines, ref.deadlines)
+        seen["stats"] = mv.stats.queue_rows
+
+    gw.call(look())
+    answers = [split(read_answers(s, 1)[0]) for s in socks]
+    for s in socks:
+        s.close()
+    assert [a[0] for a in answers] == [200] * 6 and counts()[0] - lane0 == 6
+    lane_cum, add_cum = [c for c, _ in seen["cum"]], [c for _, c in seen["cum"]]
+    assert lane_cum == add_cum and len(lane_cum) == 6 and lane_cum[-1] == 12
+    assert seen["rows"] == (12, 12, [12]) and seen["stats"] == 12
+    assert seen["deadlines"][0] == seen["deadlines"][1]
+
+
 def test_followers_that_leave_are_not_answered_and_the_rest_are(gw: ServerThread) -> None:
     mv = gw.app.registry.get("slow", "1")
     x = rows(1, 12)
