@@ -483,10 +483,20 @@ cdef const char* scan_data(const char* p, const char* end, int dt, char* out, Py
                 if out != NULL:
                     (<uint8_t*>out)[pos] = <uint8_t>b
             else:
-                tok = p
-                p = scan_number(p, end, &integral, &neg, &mag, &fv)
-                if p == NULL or (dt != REJECT and not store_leaf(tok, p, integral, neg, mag, dt, out, pos, fv)):
-                    return NULL
+                while True:
+                    tok = p
+                    p = scan_number(p, end, &integral, &neg, &mag, &fv)
+                    if p == NULL or (dt != REJECT and not store_leaf(tok, p, integral, neg, mag, dt, out, pos, fv)):
+                        return NULL
+                    # a run of numbers ("0.5,-1.25,3"), as clients write them: the next at once,
+                    # without the separator and nesting bookkeeping below
+                    if end - p < 2 or p[0] != c',' or not (p[1] == c'-' or c'0' <= p[1] <= c'9'):
+                        break
+                    pos += 1
+                    cnt[depth] += 1
+                    if out != NULL and pos >= cap:
+                        return NULL
+                    p += 1
             pos += 1
         elif cnt[depth] != 0:
             return NULL  # "[1,]"

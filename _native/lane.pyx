@@ -49,6 +49,13 @@ cdef double INF = float("inf")
 RAW_KEY_MAX_BYTES = 64 * 1024
 """Bodies up to this size are keyed by their bytes for joining before decode (``Lane.raw_key``)."""
 cdef Py_ssize_t _raw_key_max = RAW_KEY_MAX_BYTES
+RAW_KEY_PROBE = 256
+"""Leaders keyed by their bytes in a row that no request joined by bytes: the lane then stops
+keying bodies (``RAW_KEY_PAUSE`` requests), since distinct traffic only pays for the hash."""
+RAW_KEY_PAUSE = 4096
+"""Requests not keyed by their bytes after a fruitless probe, unless one joins a flight by its
+tensors first (identical requests are arriving again: key them at once)."""
+cdef Py_ssize_t _raw_probe = RAW_KEY_PROBE, _raw_pause = RAW_KEY_PAUSE
 cdef object _OBJECT = np.dtype(object)
 cdef object _DEADLINE = Code.DEADLINE_EXCEEDED
 cdef bytes _CLOSE = b"connection: close\r\n"
@@ -58,6 +65,14 @@ GRPC = object()
 with ``proto._write_in_order(stream id, message, False)``), not an HTTP response."""
 cdef object _GRPC = GRPC
 cdef unsigned long long _n_general = 0
+
+
+def set_raw_probe(Py_ssize_t probe, Py_ssize_t pause):
+    """Set RAW_KEY_PROBE and RAW_KEY_PAUSE for every lane (tests); returns the previous pair."""
+    global _raw_probe, _raw_pause
+    old = (_raw_probe, _raw_pause)
+    _raw_probe, _raw_pause = max(1, probe), max(0, pause)
+    return old
 
 
 def counts():
@@ -415,6 +430,11 @@ cdef class Lane:
         if not self.checks:
             raise ValueError("a lane needs the signature's native checks")
 
+    @property
+    def raw_keying(self):
+        """Whether bodies are keyed by their bytes now (see RAW_KEY_PROBE)."""
+        return self.raw_off == 0
+
     cpdef object raw_key(self, bytes body, Py_ssize_t header_length):
         """The key of a body's bytes for ``join_raw`` and ``submit``: their xxh3-128 and the binary
         header's length, as the flight key hashes tensors. None (no joining before decode) when
@@ -423,6 +443,9 @@ cdef class Lane:
         if body is None:
             raise TypeError("raw_key needs the body's bytes")
         if not self.coalescing or PyBytes_GET_SIZE(body) > _raw_key_max:
+            return None
+        if self.raw_off:  # the last probe found distinct bodies only (RAW_KEY_PROBE)
+            self.raw_off -= 1
             return None
         return (header_length, xxh3_128_intdigest(body))
 
@@ -454,6 +477,7 @@ cdef class Lane:
         t.flight = lead
         _join(lead, t)
         _n_lane += 1
+        self.raw_misses = 0
         return t
 
     cpdef object submit(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap, raw_key=None):
@@ -468,9 +492,17 @@ cdef class Lane:
             return None
         _n_lane += 1
         t = <LaneTicket>r
-        if raw_key is not None and not t.follower and self.coalescing:
+        if t.follower:
+            if self.raw_off:  # identical requests again: key their bytes from the next one
+                self.raw_off = 0
+                self.raw_misses = 0
+        elif raw_key is not None and self.coalescing:
             t.rawkey = raw_key
             PyDict_SetItem(self.raw, raw_key, t)
+            self.raw_misses += 1
+            if self.raw_misses >= _raw_probe:
+                self.raw_misses = 0
+                self.raw_off = _raw_pause
         return t
 
     cdef LaneTicket _ticket(self, req, binary, proto, Py_ssize_t seq, bint keep_alive, InflightCap cap,

@@ -401,6 +401,35 @@ def test_requests_queued_by_the_lane_leave_the_queue_as_its_add_would(gw: Server
     assert seen["deadlines"][0] == seen["deadlines"][1]
 
 
+def test_distinct_bodies_stop_the_keying_by_bytes_and_identical_ones_restart_it(gw: ServerThread) -> None:
+    """Keying bodies by their bytes only pays when identical bodies arrive: after RAW_KEY_PROBE
+    leaders that nobody joined by bytes the lane stops, and a request that joins a flight by its
+    tensors (an identical one, decoded) starts it again. Answers are the same either way."""
+    from gateway._native.inferjson import counts as decoded
+    from gateway._native.lane import set_raw_probe
+
+    mv = gw.app.registry.get("slow", "1")
+    old = set_raw_probe(4, 1000)
+    try:
+        assert mv.lane.raw_keying
+        socks = open_all(gw, [json_body(rows(1, 40 + i)) for i in range(4)])
+        wait_queued(gw, "slow", 4)
+        assert not mv.lane.raw_keying  # four leaders keyed by bytes, none joined
+        d0, keyed = sum(decoded()), len(mv.lane.raw)
+        socks += open_all(gw, [json_body(rows(1, 50), "twin")])
+        wait_queued(gw, "slow", 5)
+        assert len(mv.lane.raw) == keyed  # not keyed by its bytes while off
+        socks += open_all(gw, [json_body(rows(1, 50), "twin")])
+        answers = [split(read_answers(s, 1)[0]) for s in socks]
+        for s in socks:
+            s.close()
+        assert [a[0] for a in answers] == [200] * 6 and answers[4][2] == answers[5][2]
+        assert sum(decoded()) - d0 == 2  # both twins decoded: the second joined by its tensors
+        assert mv.lane.raw_keying  # and that started the keying again
+    finally:
+        set_raw_probe(*old)
+
+
 def test_followers_that_leave_are_not_answered_and_the_rest_are(gw: ServerThread) -> None:
     mv = gw.app.registry.get("slow", "1")
     x = rows(1, 12)

@@ -53,6 +53,7 @@ cdef class Lane:
     # with the same bytes for the same version is the same request, so it joins without being
     # decoded (``join_raw``).
     cdef readonly dict raw
+    cdef Py_ssize_t raw_misses, raw_off  # the raw keys' probe (RAW_KEY_PROBE, RAW_KEY_PAUSE)
     cdef dict buckets  # the BatchQueue's (never rebound): the lane appends to its queue in C
     cdef bint coalescing, batching, plain_levels
     cdef Py_ssize_t max_waiters, max_queue_rows, mbs
