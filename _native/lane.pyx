@@ -56,7 +56,6 @@ RAW_KEY_PAUSE = 4096
 """Requests not keyed by their bytes after a fruitless probe, unless one joins a flight by its
 tensors first (identical requests are arriving again: key them at once)."""
 cdef Py_ssize_t _raw_probe = RAW_KEY_PROBE, _raw_pause = RAW_KEY_PAUSE
-cdef object _OBJECT = np.dtype(object)
 cdef object _DEADLINE = Code.DEADLINE_EXCEEDED
 cdef bytes _CLOSE = b"connection: close\r\n"
 cdef unsigned long long _n_lane = 0
@@ -362,20 +361,48 @@ cdef class LaneTicket:
 
 
 def flight_key(req, general):
-    """The Coalescer's key for ``req``: for one non-BYTES input and all outputs, (name, dtype,
-    shape, xxh3-128 of its bytes) here; else ``general(req)`` (``coalesce.flight_key``). Both the
-    Coalescer and the lane call this, so that either finds the other's flights."""
+    """The Coalescer's key for ``req``: for one non-BYTES input and all outputs, (name, layout,
+    xxh3-128 of its bytes) here, where ``layout`` is one int that stands for the dtype, byte
+    order and shape (``_layout``), or (name, dtype, shape, digest) where it cannot; else
+    ``general(req)`` (``coalesce.flight_key``). Both the Coalescer and the lane call this, so that
+    either finds the other's flights."""
     return _flight_key(req, req.inputs, req.outputs, general)
 
 
+cdef inline long long _layout(cnp.ndarray a) noexcept:
+    """The dtype, byte order and shape of ``a`` packed into one int, distinct for distinct
+    layouts: the type number (7 bits), byte-swapped (1), ndim (2), two dimensions of 26 bits
+    each; -1 where they do not fit (the key then holds the dtype and shape themselves). The
+    key's hash is then that of a small int, not a dtype's and a fresh shape tuple's, four
+    times per request (insert, lookups, removal)."""
+    cdef int nd = cnp.PyArray_NDIM(a), tn = cnp.PyArray_TYPE(a)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(a)
+    cdef long long d0 = 0, d1 = 0
+    if nd > 2 or tn < 0 or tn >= 128:
+        return -1
+    if nd >= 1:
+        d0 = dims[0]
+    if nd == 2:
+        d1 = dims[1]
+    if d0 >= (1 << 26) or d1 >= (1 << 26):
+        return -1
+    return ((((<long long>tn << 1) | (0 if cnp.PyArray_ISNOTSWAPPED(a) else 1)) << 54)
+            | (<long long>nd << 52) | (d0 << 26) | d1)
+
+
 cdef object _flight_key(req, dict inputs, outputs, general):
+    cdef long long layout
     if outputs is None and len(inputs) == 1:
         for name, a in inputs.items():
-            if a.dtype is not _OBJECT:
+            if type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) != cnp.NPY_OBJECT:
                 try:
-                    return (name, a.dtype, a.shape, xxh3_128_intdigest(a))
+                    digest = xxh3_128_intdigest(a)
                 except (BufferError, ValueError, TypeError):  # a strided view
-                    pass
+                    break
+                layout = _layout(<cnp.ndarray>a)
+                if layout >= 0:
+                    return (name, layout, digest)
+                return (name, a.dtype, a.shape, digest)
     return general(req)
 
 

@@ -276,3 +276,36 @@ def test_flights_leave_no_reference_cycles_behind(gw: ServerThread) -> None:
             gc.enable()
 
     assert gw.call(main()) == 0
+
+
+# ---- the flight key ------------------------------------------------------------------------------
+_LAYOUTS = [("<f4", (1, 64)), ("<f4", (2, 32)), ("<f4", (64,)), ("<f4", (1, 1, 64)), (">f4", (1, 64)),
+            ("<i4", (1, 64)), ("<u4", (1, 64)), ("<f4", (64, 1)), ("<f4", (1 << 27, 0)), ("<f4", (0, 1 << 27))]
+
+
+def test_flight_keys_are_equal_exactly_when_name_dtype_shape_and_bytes_are() -> None:
+    """The key's packed layout (dtype, byte order, shape as one int) must keep apart what the
+    tensors keep apart: the same 256 bytes as another shape, dtype or byte order is another request."""
+    from gateway._native.lane import flight_key
+    from gateway.pipeline import coalesce
+
+    raw = np.random.default_rng(5).integers(0, 255, 256, dtype=np.uint8).tobytes()
+
+    def key(name: str, dt: str, shape: tuple[int, ...], data: bytes = raw) -> Any:
+        n = int(np.prod(shape))
+        a = np.frombuffer(data[:n * 4], dtype=dt).reshape(shape) if n * 4 <= len(data) else np.zeros(shape, dt)
+        return flight_key(InferRequest("m", "1", {name: a}), coalesce.flight_key)
+
+    keys = [key("x", dt, shape) for dt, shape in _LAYOUTS]
+    assert len(set(keys)) == len(keys)  # every layout apart
+    assert key("x", "<f4", (1, 64)) == key("x", "<f4", (1, 64), bytes(raw))  # same content, another buffer
+    assert key("y", "<f4", (1, 64)) != keys[0]
+    other = bytearray(raw)
+    other[100] ^= 1
+    assert key("x", "<f4", (1, 64), bytes(other)) != keys[0]
+    # a copy equal in value but another object keys alike; a strided view takes the general key
+    a = np.frombuffer(raw, dtype="<f4").reshape(1, 64)
+    assert flight_key(InferRequest("m", "1", {"x": a.copy()}), coalesce.flight_key) == keys[0]
+    view = np.frombuffer(raw, dtype="<f4").reshape(2, 32)[:, ::2]
+    assert flight_key(InferRequest("m", "1", {"x": view}), coalesce.flight_key) == coalesce.flight_key(
+        InferRequest("m", "1", {"x": view}))

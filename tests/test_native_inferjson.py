@@ -447,3 +447,26 @@ def test_float_tokens_round_exactly_as_the_general_path(tokens: list[str], datat
     got = decode_fast(body, -1, "m", "1")
     if got is not None:  # out-of-range values are handed back
         assert got[0].inputs["x"].tobytes() == want[0].inputs["x"].tobytes()
+
+
+_SHORT = st.builds(
+    lambda sign, whole, frac, tail: sign + whole + "." + frac + tail,
+    st.sampled_from(["", "-"]),
+    st.from_regex(r"(0|[1-9][0-9]{0,8})", fullmatch=True),
+    st.from_regex(r"[0-9]{1,9}", fullmatch=True),
+    st.sampled_from(["", "", "", " ", "e0", "E-3", "0"]),
+)
+
+
+@SETTINGS
+@given(st.lists(_SHORT, min_size=1, max_size=40), st.sampled_from(["FP64", "FP32"]))
+def test_short_decimals_read_at_once_are_the_general_paths_values(tokens: list[str], datatype: str) -> None:
+    """The tokens a client writes most ("-0.123456") are read in one step (gw_fast_decimal): at
+    and around its limits (seven digits each side, an exponent or more digits after, the last
+    20 bytes of a body) the values must still be exactly the general path's."""
+    body = (f'{{"inputs":[{{"name":"x","datatype":"{datatype}","shape":[{len(tokens)}],"data":['
+            + ",".join(tokens) + "]}]}").encode()
+    want = decode_infer(body, -1, "m", "1")
+    got = decode_fast(body, -1, "m", "1")
+    assert got is not None
+    assert got[0].inputs["x"].tobytes() == want[0].inputs["x"].tobytes()
