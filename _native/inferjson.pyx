@@ -116,13 +116,13 @@ cdef extern from * nogil:
         return k;
     }
     /* The common float token of a JSON client, "-?D.F" with D one to seven digits (no leading
-       zero but "0") and F one to seven, no exponent, at most 15 digits in all: its double, exact
-       (both parts fit 2**53, one correctly rounded division), as from_chars and orjson give it;
+       zero but "0") and F one to seven, no exponent: its double, exact (at most 14 digits, so
+       both parts fit 2**53, one correctly rounded division), as from_chars and orjson give it;
        NULL where the token is anything else (the general scanner decides). Needs 20 readable
        bytes from p (the 8-byte loads), so a body's last numbers take the scanner. */
     static inline const char* gw_fast_decimal(const char* p, const char* end, double* out) {
         uint64_t ip = 0, fp;
-        int k, ni = 1, neg = 0;
+        int k, ni, neg = 0;
         double v;
         if (end - p < 20) return NULL;
         if (*p == '-') { neg = 1; p++; }
@@ -135,7 +135,7 @@ cdef extern from * nogil:
         if (*p != '.') return NULL;
         p++;
         k = gw_digits8(p, &fp);
-        if (k == 0 || k == 8 || ni + k > 15) return NULL;
+        if (k == 0 || k == 8) return NULL;
         p += k;
         if ((unsigned char)(*p - '0') < 10 || (*p | 0x20) == 'e') return NULL;
         v = (double)(ip * GW_U64POW10[k] + fp) / GW_POW10[k];

@@ -620,7 +620,6 @@ cdef class Lane:
         the method itself; then the statistics' queue depth."""
         cdef PyObject* found
         cdef object q = self.queue
-        t.queue = q
         found = PyDict_GetItem(self.buckets, ()) if self.plain_levels else NULL
         if found != NULL:
             b = <object>found
@@ -632,6 +631,7 @@ cdef class Lane:
             last = lane[len(lane) - 1]
             t.cum = ((<LaneTicket>last).cum if type(last) is LaneTicket else <Py_ssize_t>last.cum) + t.rows
             lane.append(t)
+            t.queue = q
             b.rows += t.rows
             q.rows += t.rows
             if t.deadline != INF:
