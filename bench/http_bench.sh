@@ -8,6 +8,9 @@
 #   WORKERS=N          gateway processes (SO_REUSEPORT)
 #   BASE=DIR           also run the gateway of another checkout (built in place), e.g. a worktree of
 #                      the previous release: a before/after in the same run
+#   FLOOR=1            also run bench/model_floor_server.py (the bare server plus one onnxruntime run
+#                      of the model per request, nothing else); the last column is then what each
+#                      gateway adds per round trip over that floor
 # Prints one row per round and concurrency with the gateway/netlimit throughput ratio and the
 # microseconds a gateway round trip adds. wrk, the servers and this script share the machine's
 # cores: ratios measured in one run are what carries over.
@@ -34,6 +37,12 @@ nl_port=$(port); gw_port=$(port)
 pids+=($!)
 serve "$PWD" "$gw_port"
 names=(netlimit gateway); ports=("$nl_port" "$gw_port")
+if [[ -n ${FLOOR:-} ]]; then
+  floor_port=$(port)
+  PYTHONPATH="$PWD" "$py" bench/model_floor_server.py "$floor_port" >"$tmp/floor.log" 2>&1 &
+  pids+=($!)
+  names=(netlimit floor gateway); ports=("$nl_port" "$floor_port" "$gw_port")
+fi
 if [[ -n ${BASE:-} ]]; then
   base_port=$(port); serve "$(cd "$BASE" && pwd)" "$base_port"
   names+=(base); ports+=("$base_port")
@@ -69,7 +78,8 @@ run() {  # PORT CONC THREADS: "req/s p99_ms"; fails on any non-2xx answer or soc
     awk '/Requests\/sec/ {r=$2} $1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; p=v} END {print r, p}' <<<"$out"
   fi
 }
-printf '%-6s %-5s %-10s %-12s %-8s %-12s %-8s %-7s %-s\n' round conc server "req/s" p99_ms netlimit/s p99_ms ratio added_us_per_rt
+printf '%-6s %-5s %-10s %-12s %-8s %-12s %-8s %-7s %-15s %s\n' round conc server "req/s" p99_ms netlimit/s p99_ms ratio added_us_per_rt \
+  "$([[ -n ${FLOOR:-} ]] && echo over_floor_us)"
 for r in $(seq "$rounds"); do
   for c in $concs; do
     t=$(( c < 2 ? 1 : 2 ))
@@ -79,7 +89,13 @@ for r in $(seq "$rounds"); do
       read -r rps p99 <<<"$(run "${ports[$i]}" "$c" "$t")"
       ratio=$(awk -v a="$rps" -v b="$nl_rps" 'BEGIN {printf "%.2f", a/b}')
       added=$(awk -v a="$rps" -v b="$nl_rps" -v c="$c" 'BEGIN {printf "%.1f", (c/a - c/b) * 1e6}')
-      printf '%-6s %-5s %-10s %-12s %-8s %-12s %-8s %-7s %-s\n' "$r" "$c" "${names[$i]}" "$rps" "$p99" "$nl_rps" "$nl_p99" "$ratio" "$added"
+      over=""
+      if [[ ${names[$i]} == floor ]]; then
+        floor_rps=$rps
+      elif [[ -n ${FLOOR:-} ]]; then
+        over=$(awk -v a="$rps" -v b="$floor_rps" -v c="$c" 'BEGIN {printf "%.1f", (c/a - c/b) * 1e6}')
+      fi
+      printf '%-6s %-5s %-10s %-12s %-8s %-12s %-8s %-7s %-15s %s\n' "$r" "$c" "${names[$i]}" "$rps" "$p99" "$nl_rps" "$nl_p99" "$ratio" "$added" "$over"
     done
   done
 done
