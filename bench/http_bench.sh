@@ -12,8 +12,9 @@
 #                      of the model per request, nothing else); the last column is then what each
 #                      gateway adds per round trip over that floor
 # Prints one row per round and concurrency with the gateway/netlimit throughput ratio and the
-# microseconds a gateway round trip adds. wrk, the servers and this script share the machine's
-# cores: ratios measured in one run are what carries over.
+# microseconds a gateway round trip adds; with more than two rounds, also the medians over the
+# rounds. wrk, the servers and this script share the machine's cores: ratios measured in one run
+# are what carries over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -96,6 +97,22 @@ for r in $(seq "$rounds"); do
         over=$(awk -v a="$rps" -v b="$floor_rps" -v c="$c" 'BEGIN {printf "%.1f", (c/a - c/b) * 1e6}')
       fi
       printf '%-6s %-5s %-10s %-12s %-8s %-12s %-8s %-7s %-15s %s\n' "$r" "$c" "${names[$i]}" "$rps" "$p99" "$nl_rps" "$nl_p99" "$ratio" "$added" "$over"
+      echo "$c ${names[$i]} $ratio $added $p99 ${over:-nan}" >>"$tmp/rows"
     done
   done
 done
+if (( rounds > 2 )); then  # medians over the rounds: many short rounds give a c=1 figure the noise does not move
+  "$py" - "$tmp/rows" <<'PY'
+import collections, statistics, sys
+rows = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    c, name, *vals = line.split()
+    rows[(int(c), name)].append([float(v) for v in vals])
+print(f"median of {len(next(iter(rows.values())))} rounds:")
+print(f"{'conc':<5} {'server':<10} {'ratio':<7} {'added_us':<9} {'p99_ms':<7} over_floor_us")
+for (c, name), vals in sorted(rows.items()):
+    med = [statistics.median(col) for col in zip(*vals)]
+    over = "" if med[3] != med[3] else f"{med[3]:.1f}"  # nan: no floor in this run, or the floor's own row
+    print(f"{c:<5} {name:<10} {med[0]:<7.2f} {med[1]:<9.1f} {med[2]:<7.2f} {over}")
+PY
+fi
