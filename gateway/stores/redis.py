@@ -28,8 +28,9 @@ def redis_key(model: str, key: str) -> str:
 
 
 def _no_retry() -> Any:
+    # The asyncio client's own Retry: redis-py 8.2 warns about (and converts) the synchronous one.
+    from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     return Retry(NoBackoff(), 0)
 
